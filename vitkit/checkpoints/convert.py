@@ -1,0 +1,221 @@
+"""Any supported source -> a ready VisionTransformer and its preprocessing: detect -> map -> resample ->
+strict load. Sources: a registry name, a hub id, a local folder (transformers or timm), a weights file
+(with an architecture name when the file carries no config).
+
+Try it:  python -c "from vitkit.checkpoints.convert import load_network; \
+print(load_network('../shared/weights/deit-tiny-patch16-224/model.safetensors', 'deit_tiny_patch16_224'))"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from vitkit.checkpoints import hub
+from vitkit.checkpoints.hf_config import config_from_hf, spec_from_hf
+from vitkit.checkpoints.io import CheckpointError, read_tensors
+from vitkit.checkpoints.layouts import JAX_KEYMAP, detect_layout, hf_keymap, hf_prefix, strip_jax_prefix, timm_keymap
+from vitkit.config import RUNTIME_FIELDS, PreprocessSpec, ViTConfig
+from vitkit.labels import default_labels
+from vitkit.models.pos_embed import resample_abs_pos_embed, resample_rel_pos_table
+from vitkit.models.registry import ARCHS, MODELS, arch as get_arch, preprocess_for
+from vitkit.models.vit import VisionTransformer
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+                "pytorch_model.bin", "open_clip_pytorch_model.bin")
+WEIGHT_GLOBS = ("*.safetensors", "*.pth", "*.bin", "*.pt", "*.npz")
+VITKIT_CONFIG, VITKIT_PREPROCESS = "vitkit_config", "vitkit_preprocess"
+
+
+@dataclass
+class Loaded:
+    net: VisionTransformer
+    preprocess: PreprocessSpec
+    source: str  # what was loaded, for messages and metadata
+    layout: str  # "hf", "timm", "jax" or "vitkit"
+
+    def __repr__(self) -> str:
+        c = self.net.config
+        return (f"Loaded({self.source!r}, layout={self.layout}, width={c.width}, depth={c.depth}, "
+                f"classes={c.num_classes}, input={self.preprocess.input_size})")
+
+
+def load_network(model: str | None, arch: str | None = None, **runtime) -> Loaded:
+    """Resolve `model` and build the network. With no model, `arch` alone gives random weights.
+    `runtime`: config fields that change behaviour, not weights (see config.RUNTIME_FIELDS), e.g.
+    rel_pos_resize="bilinear" to resize BEiT tables as transformers does."""
+    unknown = set(runtime) - set(RUNTIME_FIELDS)
+    if unknown:
+        raise ValueError(f"cannot override {sorted(unknown)} at load time; allowed: {RUNTIME_FIELDS}")
+    if model is None:
+        if arch is None:
+            raise CheckpointError("give a model (name, hub id, folder or weights file) or an architecture")
+        row = get_arch(arch)
+        net = VisionTransformer(row.config.replace(**runtime)).eval()
+        return Loaded(net, row.preprocess, f"{arch} (random weights)", "vitkit")
+    if model in MODELS:
+        entry = MODELS[model]
+        return load_folder(hub.fetch(entry.hub_id), arch or entry.arch, preprocess_for(entry), model, runtime)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return load_folder(path, arch, runtime=runtime)
+    if path.is_file():
+        return load_file(path, arch, runtime=runtime)
+    if model in ARCHS:
+        raise CheckpointError(f"{model} is an architecture, not weights: pass the weights with "
+                              f"--model FILE --arch {model}, or --arch {model} alone for random weights")
+    if hub.looks_like_hub_id(model):
+        return load_folder(hub.fetch(model), arch, source=model, runtime=runtime)
+    raise CheckpointError(f"cannot find model {model!r}: not a registry name (see `vitkit models`), not a local "
+                          "file or folder, and not a hub id (org/name)")
+
+
+def _weights_in(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    for pattern in WEIGHT_GLOBS:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    raise CheckpointError(f"no weights file in {folder} (looked for {', '.join(WEIGHT_FILES + WEIGHT_GLOBS)})")
+
+
+def load_folder(folder: Path, arch: str | None = None, spec: PreprocessSpec | None = None,
+                source: str | None = None, runtime: dict | None = None) -> Loaded:
+    folder = Path(folder)
+    source = source or str(folder)
+    weights = _weights_in(folder)
+    config_file = folder / "config.json"
+    meta = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if VITKIT_PREPROCESS in meta:
+        spec = PreprocessSpec.from_dict(meta[VITKIT_PREPROCESS])
+    if "model_type" in meta:  # transformers
+        tensors = read_tensors(weights)
+        pre_file = folder / "preprocessor_config.json"
+        if spec is None and pre_file.is_file():
+            spec = spec_from_hf(json.loads(pre_file.read_text()))
+        cfg = config_from_hf(meta, {k: tuple(v.shape) for k, v in tensors.items()}).replace(**(runtime or {}))
+        keymap = hf_keymap(cfg, hf_prefix(tensors))
+        if spec is None:
+            raise CheckpointError(f"{folder} has no preprocessor_config.json: vitkit will not guess the "
+                                  "normalization; add one or load with --arch NAME to use that architecture's")
+        return Loaded(_build(keymap.to_native(tensors, cfg), cfg, keymap.name), spec, source, "hf")
+    if "architecture" in meta:  # timm hub folder
+        arch = arch or meta["architecture"]
+        spec = spec or _spec_from_timm(meta.get("pretrained_cfg", {}), arch)
+        loaded = load_file(weights, arch, spec, source, runtime)
+        label_names = meta.get("label_names") or meta.get("pretrained_cfg", {}).get("label_names")
+        if label_names and len(label_names) == loaded.net.config.num_classes:
+            loaded.net.config = loaded.net.config.replace(labels=tuple(label_names))
+        return loaded
+    return load_file(weights, arch, spec, source, runtime)
+
+
+def _spec_from_timm(pretrained_cfg: dict, arch: str) -> PreprocessSpec:
+    base = get_arch(arch).preprocess
+    if not pretrained_cfg:
+        return base
+    return PreprocessSpec.timm(
+        input_size=pretrained_cfg.get("input_size", (3, base.input_size, base.input_size))[-1],
+        crop_pct=pretrained_cfg.get("crop_pct", base.crop_pct),
+        interpolation=pretrained_cfg.get("interpolation", base.interpolation),
+        mean=pretrained_cfg.get("mean", base.mean), std=pretrained_cfg.get("std", base.std),
+    )
+
+
+def _vitkit_metadata(path: Path) -> dict[str, str]:
+    if not path.name.endswith(".safetensors"):
+        return {}
+    with safe_open(path, framework="pt") as fh:
+        return fh.metadata() or {}
+
+
+def load_file(path: Path, arch: str | None = None, spec: PreprocessSpec | None = None,
+              source: str | None = None, runtime: dict | None = None) -> Loaded:
+    path = Path(path)
+    source = source or str(path)
+    meta = _vitkit_metadata(path)
+    tensors = read_tensors(path)
+    if VITKIT_CONFIG in meta and arch is None:  # written by vitkit: config and preprocessing travel inside
+        cfg = ViTConfig.from_dict(json.loads(meta[VITKIT_CONFIG])).replace(**(runtime or {}))
+        spec = spec or PreprocessSpec.from_dict(json.loads(meta[VITKIT_PREPROCESS]))
+        return Loaded(_build(timm_keymap(cfg).to_native(tensors, cfg), cfg, "vitkit"), spec, source, "vitkit")
+    if arch is None:
+        raise CheckpointError(f"{path.name} carries no model config: pass --arch NAME (one of: "
+                              f"{', '.join(sorted(ARCHS))})")
+    row = get_arch(arch)
+    base = row.config.replace(**(runtime or {}))
+    layout = detect_layout(tensors)
+    if layout == "hf":
+        raise CheckpointError(f"{path.name} is in transformers layout: load its folder (with config.json) instead")
+    if layout == "jax":
+        tensors, keymap = strip_jax_prefix(tensors), JAX_KEYMAP
+    else:
+        keymap = timm_keymap(base)
+    native = keymap.to_native(tensors, base)
+    cfg = _fit_config(base, native)
+    return Loaded(_build(native, cfg, keymap.name), spec or row.preprocess, source, layout)
+
+
+def _fit_config(cfg: ViTConfig, native: dict[str, torch.Tensor]) -> ViTConfig:
+    """An architecture row fitted to what the weights hold: head size (or none), pre-logits layer,
+    distillation head. Everything structural must match the row; the strict load checks that."""
+    head = native.get("head.weight")
+    pre_logits = native.get("pre_logits.fc.weight")
+    num_classes = head.shape[0] if head is not None else 0
+    return cfg.replace(
+        num_classes=num_classes,
+        pre_logits_dim=pre_logits.shape[0] if pre_logits is not None else 0,
+        dist_head=cfg.dist_token and "head_dist.weight" in native,
+        labels=cfg.labels if len(cfg.labels) == num_classes else default_labels(num_classes),
+    )
+
+
+def _fit_positions(native: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """Weights trained at another resolution: resample absolute positions (bicubic, as timm) and BEiT
+    relative tables (the configured method) to the config's grid."""
+    grid = (cfg.grid, cfg.grid)
+    pos = native.get("pos_embed")
+    if pos is not None and pos.shape[1] != cfg.num_prefix_tokens + cfg.grid**2:
+        native["pos_embed"] = resample_abs_pos_embed(pos, grid, cfg.num_prefix_tokens, cfg.pos_embed_antialias)
+    for key in [k for k in native if k.endswith("rel_pos.table")]:
+        rows = native[key].shape[0]
+        old = (int(math.isqrt(rows - 3)) + 1) // 2
+        if old != cfg.grid:
+            native[key] = resample_rel_pos_table(native[key], (old, old), grid, cfg.rel_pos_resize)
+    return native
+
+
+def _build(native: dict[str, torch.Tensor], cfg: ViTConfig, layout: str) -> VisionTransformer:
+    native = _fit_positions(native, cfg)
+    native = {k: v if v.dtype == torch.float32 else v.float() for k, v in native.items()}
+    if len(cfg.labels) != cfg.num_classes:
+        cfg = cfg.replace(labels=default_labels(cfg.num_classes))
+    with torch.device("meta"):
+        net = VisionTransformer(cfg)
+    load_strict(net, native, layout)
+    return net.eval()
+
+
+def load_strict(net: VisionTransformer, native: dict[str, torch.Tensor], layout: str) -> None:
+    """Load without a second copy of the weights (tensors are assigned, not copied); any missing,
+    unexpected or mis-shaped key is an error that names it."""
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(native))
+    unexpected = sorted(set(native) - set(expected))
+    mis_shaped = [f"{k} {tuple(native[k].shape)} != {tuple(expected[k].shape)}"
+                  for k in sorted(set(expected) & set(native)) if native[k].shape != expected[k].shape]
+    problems = [f"missing keys: {', '.join(missing)}" if missing else "",
+                f"unexpected keys: {', '.join(unexpected)}" if unexpected else "",
+                f"shape mismatches (checkpoint != model): {'; '.join(mis_shaped)}" if mis_shaped else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        raise CheckpointError(f"{layout} checkpoint does not fit the model ({net.config.width} wide, "
+                              f"{net.config.depth} blocks): " + " | ".join(problems))
+    net.load_state_dict(native, strict=True, assign=True)

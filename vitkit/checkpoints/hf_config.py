@@ -1,0 +1,157 @@
+"""transformers' config.json / preprocessor_config.json <-> vitkit's ViTConfig / PreprocessSpec.
+
+Try it:  python -m pytest tests/test_parity_hf.py -q -k roundtrip
+"""
+
+from __future__ import annotations
+
+from vitkit.config import ViTConfig, PreprocessSpec
+
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+RESAMPLE_CODE = {name: code for code, name in PIL_RESAMPLE.items()}
+SUPPORTED_TYPES = ("vit", "deit", "beit")
+
+
+def _side(value, what: str) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)):
+        h, w = value
+    else:
+        if "shortest_edge" in value:
+            return value["shortest_edge"]
+        h, w = value["height"], value["width"]
+    if h != w:
+        raise ValueError(f"non-square {what} {h}x{w} is not supported")
+    return h
+
+
+def _rows(shapes: dict[str, tuple], suffixes: tuple[str, ...]) -> int:
+    """Output rows of the first weight whose key ends with one of `suffixes`, or 0 when absent."""
+    return next((shape[0] for key, shape in shapes.items() if key.endswith(suffixes)), 0)
+
+
+def config_from_hf(hf: dict, shapes: dict[str, tuple]) -> ViTConfig:
+    """A ViTConfig from transformers' config.json; head and pooler sizes come from the checkpoint's
+    shapes (`shapes`: its key -> shape), so a *Model checkpoint without a head loads as a backbone."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_TYPES:
+        raise ValueError(f"unsupported transformers model_type {model_type!r}: vitkit reads {SUPPORTED_TYPES}")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}: ViT-family checkpoints use exact 'gelu'")
+    architecture = (hf.get("architectures") or [""])[0]
+    fields = dict(
+        image_size=_side(hf.get("image_size", 224), "image_size"),
+        patch_size=_side(hf.get("patch_size", 16), "patch_size"),
+        in_chans=hf.get("num_channels", 3),
+        width=hf["hidden_size"],
+        depth=hf["num_hidden_layers"],
+        heads=hf["num_attention_heads"],
+        mlp_dim=hf["intermediate_size"],
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        num_classes=_rows(shapes, ("classifier.weight", "cls_classifier.weight")),
+        pre_logits_dim=_rows(shapes, ("pooler.dense.weight",)),
+        family=model_type,
+        pos_embed_antialias=False,  # transformers' interpolate_pos_encoding: bicubic without antialias
+    )
+    if model_type == "vit":
+        fields["qkv_bias"] = "qkv" if hf.get("qkv_bias", True) else "none"
+    elif model_type == "deit":
+        fields.update(dist_token=True, dist_head=architecture.endswith("WithTeacher"))
+    else:
+        mean_pool = hf.get("use_mean_pooling", True)
+        rel = "shared" if hf.get("use_shared_relative_position_bias") else (
+            "layer" if hf.get("use_relative_position_bias") else "none")
+        scale = hf.get("layer_scale_init_value", 0.1)
+        fields.update(abs_pos_embed=hf.get("use_absolute_position_embeddings", False), rel_pos_bias=rel,
+                      qkv_bias="qv", layer_scale_init=scale if scale > 0 else None,
+                      pool="mean" if mean_pool else "cls", fc_norm=mean_pool)
+    if fields["num_classes"]:
+        id2label = hf.get("id2label") or {}
+        labels = tuple(id2label[k] for k in sorted(id2label, key=int))
+        if len(labels) == fields["num_classes"]:
+            fields["labels"] = labels
+    return ViTConfig(**fields)
+
+
+def hf_model_type(cfg: ViTConfig) -> str:
+    """The transformers family that can hold this network (plain DeiT is published as 'vit')."""
+    if cfg.qkv_bias == "qv" or cfg.rel_pos_bias != "none":
+        return "beit"
+    return "deit" if cfg.dist_token else "vit"
+
+
+def hf_architecture(cfg: ViTConfig) -> tuple[str, str]:
+    """(architecture class name, state-dict prefix of its backbone)."""
+    model_type = hf_model_type(cfg)
+    name = {"vit": "ViT", "deit": "DeiT", "beit": "Beit"}[model_type]
+    if not cfg.num_classes:
+        return f"{name}Model", ""
+    if cfg.pre_logits_dim:
+        raise ValueError("transformers has no classifier class with a pre-logits layer; save the backbone "
+                         "(num_classes=0) or drop the pre-logits layer first")
+    suffix = "ForImageClassificationWithTeacher" if cfg.dist_token and cfg.dist_head else "ForImageClassification"
+    return name + suffix, model_type + "."
+
+
+def config_to_hf(cfg: ViTConfig) -> dict:
+    model_type = hf_model_type(cfg)
+    architecture, _ = hf_architecture(cfg)
+    labels = cfg.labels or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))
+    hf = dict(
+        model_type=model_type, architectures=[architecture], hidden_size=cfg.width, num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.heads, intermediate_size=cfg.mlp_dim, hidden_act="gelu",
+        layer_norm_eps=cfg.norm_eps, image_size=cfg.image_size, patch_size=cfg.patch_size,
+        num_channels=cfg.in_chans, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        id2label={str(i): name for i, name in enumerate(labels)},
+        label2id={name: i for i, name in enumerate(labels)},
+        torch_dtype="float32",
+    )
+    if model_type == "vit":
+        hf["qkv_bias"] = cfg.qkv_bias == "qkv"
+    if cfg.pre_logits_dim:
+        hf.update(pooler_output_size=cfg.pre_logits_dim, pooler_act="tanh")
+    if model_type == "beit":
+        hf.update(
+            use_absolute_position_embeddings=cfg.abs_pos_embed,
+            use_relative_position_bias=cfg.rel_pos_bias == "layer",
+            use_shared_relative_position_bias=cfg.rel_pos_bias == "shared",
+            layer_scale_init_value=cfg.layer_scale_init or 0.0, use_mean_pooling=cfg.pool == "mean",
+            use_mask_token=False, drop_path_rate=0.0,
+        )
+    return hf
+
+
+def spec_from_hf(pre: dict) -> PreprocessSpec:
+    """A PreprocessSpec from transformers' preprocessor_config.json."""
+    if pre.get("rescale_factor", 1 / 255) != 1 / 255 and pre.get("do_rescale", True):
+        raise ValueError(f"unsupported rescale_factor {pre['rescale_factor']}")
+    size = pre.get("size", 224)
+    resize = _side(size, "size")
+    mode = "shortest" if isinstance(size, dict) and "shortest_edge" in size else "exact"
+    crop = _side(pre.get("crop_size", resize), "crop_size") if pre.get("do_center_crop") else resize
+    normalize = pre.get("do_normalize", True)
+    resample = pre.get("resample", 2)
+    return PreprocessSpec(
+        input_size=crop, crop_pct=crop / resize, resize_mode=mode,
+        interpolation=PIL_RESAMPLE[int(resample)] if not isinstance(resample, str) else resample,
+        mean=tuple(pre.get("image_mean", (0.5,) * 3)) if normalize else (0.0,) * 3,
+        std=tuple(pre.get("image_std", (0.5,) * 3)) if normalize else (1.0,) * 3,
+    )
+
+
+def spec_to_hf(spec: PreprocessSpec, model_type: str) -> dict:
+    """preprocessor_config.json for transformers. timm's rule (shorter side, then crop) is written for
+    BitImageProcessor, the transformers processor that resizes the shortest edge and centre-crops."""
+    common = dict(do_resize=True, resample=RESAMPLE_CODE[spec.interpolation], do_rescale=True,
+                  rescale_factor=1 / 255, do_normalize=True, image_mean=list(spec.mean), image_std=list(spec.std))
+    crop = spec.resize != spec.input_size
+    if spec.resize_mode == "shortest":
+        return dict(common, image_processor_type="BitImageProcessor", size={"shortest_edge": spec.resize},
+                    do_center_crop=True, crop_size={"height": spec.input_size, "width": spec.input_size},
+                    do_convert_rgb=True)
+    processor = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "beit": "BeitImageProcessor"}[model_type]
+    out = dict(common, image_processor_type=processor, size={"height": spec.resize, "width": spec.resize})
+    if crop or model_type in ("deit", "beit"):
+        out.update(do_center_crop=crop, crop_size={"height": spec.input_size, "width": spec.input_size})
+    return out

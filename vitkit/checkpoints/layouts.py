@@ -1,0 +1,158 @@
+"""The foreign checkpoint layouts vitkit reads and writes, as key-map tables.
+
+  hf    transformers ViT / DeiT / BEiT, in the layout published on the hub and written by save_pretrained
+        (`vit.encoder.layer.0.attention.attention.query.weight`, ...)
+  timm  timm vision_transformer / deit / beit (vitkit's own layout is timm's ViT layout; BEiT renames a few)
+  jax   Google's vision_transformer .npz (`Transformer/encoderblock_0/MultiHeadDotProductAttention_1/...`),
+        also used by the AugReg release
+
+Try it:  python -m pytest tests/test_parity_hf.py -q
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vitkit.checkpoints.keymap import Fuse, KeyMap, Rename, Transform
+from vitkit.config import ViTConfig
+
+DERIVED_BUFFERS = (r"relative_position_index$",)  # recomputed from the grid, never learned
+
+
+def detect_layout(keys) -> str:
+    """'hf', 'jax' or 'timm' from the names in a checkpoint."""
+    keys = list(keys)
+    if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
+        return "hf"
+    if any(k.endswith("embedding/kernel") for k in keys):
+        return "jax"
+    if "patch_embed.proj.weight" in keys:
+        return "timm"
+    raise ValueError(f"unrecognised checkpoint layout (first keys: {keys[:6]}); vitkit reads transformers "
+                     "ViT/DeiT/BEiT, timm vision_transformer/deit/beit and JAX vision_transformer .npz files")
+
+
+# -- transformers ------------------------------------------------------------------------------------
+
+def hf_prefix(keys) -> str:
+    """'vit.' / 'deit.' / 'beit.' for *ForImageClassification checkpoints, '' for bare *Model ones."""
+    patch = next(k for k in keys if k.endswith("embeddings.patch_embeddings.projection.weight"))
+    return patch.removesuffix("embeddings.patch_embeddings.projection.weight")
+
+
+def hf_keymap(cfg: ViTConfig, prefix: str) -> KeyMap:
+    layer = prefix + "encoder.layer.{i}."
+    attn = layer + "attention.attention."
+    rules = [
+        Rename(prefix + "embeddings.cls_token", "cls_token"),
+        Rename(prefix + "embeddings.distillation_token", "dist_token"),
+        Rename(prefix + "embeddings.position_embeddings", "pos_embed"),
+        Rename(prefix + "embeddings.patch_embeddings.projection.{p}", "patch_embed.proj.{p}"),
+        Rename(layer + "layernorm_before.{p}", "blocks.{i}.norm1.{p}"),
+        Rename(layer + "layernorm_after.{p}", "blocks.{i}.norm2.{p}"),
+        Rename(layer + "attention.output.dense.{p}", "blocks.{i}.attn.proj.{p}"),
+        Rename(layer + "intermediate.dense.{p}", "blocks.{i}.mlp.fc1.{p}"),
+        Rename(layer + "output.dense.{p}", "blocks.{i}.mlp.fc2.{p}"),
+        Rename(layer + "lambda_1", "blocks.{i}.ls1.gamma"),
+        Rename(layer + "lambda_2", "blocks.{i}.ls2.gamma"),
+        Rename(attn + "relative_position_bias.relative_position_bias_table", "blocks.{i}.rel_pos.table"),
+        Rename(prefix + "encoder.relative_position_bias.relative_position_bias_table", "rel_pos.table"),
+        Rename(prefix + "pooler.layernorm.{p}", "fc_norm.{p}"),
+        Rename(prefix + "layernorm.{p}", "norm.{p}"),
+        Rename(prefix + "pooler.dense.{p}", "pre_logits.fc.{p}"),
+    ]
+    if cfg.qkv_bias == "qv":  # BEiT: key has no bias
+        rules += [
+            Fuse((attn + "query.weight", attn + "key.weight", attn + "value.weight"), "blocks.{i}.attn.qkv.weight"),
+            Rename(attn + "query.bias", "blocks.{i}.attn.q_bias"),
+            Rename(attn + "value.bias", "blocks.{i}.attn.v_bias"),
+            Rename(attn + "q_bias", "blocks.{i}.attn.q_bias"),  # older BEiT conversions
+            Rename(attn + "v_bias", "blocks.{i}.attn.v_bias"),
+        ]
+    else:
+        rules.append(Fuse((attn + "query.{p}", attn + "key.{p}", attn + "value.{p}"), "blocks.{i}.attn.qkv.{p}"))
+    if cfg.dist_token and cfg.dist_head:
+        rules += [Rename("cls_classifier.{p}", "head.{p}"), Rename("distillation_classifier.{p}", "head_dist.{p}")]
+    else:
+        rules.append(Rename("classifier.{p}", "head.{p}"))
+    return KeyMap("transformers", tuple(rules), ignore=DERIVED_BUFFERS + (r"embeddings\.mask_token$",))
+
+
+# -- timm --------------------------------------------------------------------------------------------
+
+TIMM_BEIT_RULES = (
+    Rename("blocks.{i}.gamma_1", "blocks.{i}.ls1.gamma"),
+    Rename("blocks.{i}.gamma_2", "blocks.{i}.ls2.gamma"),
+    Rename("blocks.{i}.attn.relative_position_bias_table", "blocks.{i}.rel_pos.table"),
+    Rename("rel_pos_bias.relative_position_bias_table", "rel_pos.table"),
+)
+
+
+def timm_keymap(cfg: ViTConfig) -> KeyMap:
+    rules = TIMM_BEIT_RULES if cfg.family == "beit" else ()
+    return KeyMap("timm", rules, ignore=DERIVED_BUFFERS, passthrough=True)
+
+
+# -- JAX (google-research/vision_transformer) ----------------------------------------------------------
+
+def _t(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    return t.T
+
+
+def _heads_in(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    return t.reshape(cfg.width, cfg.width).T  # (D, heads, hd) -> (heads*hd, D)
+
+
+def _heads_in_back(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    return t.T.reshape(cfg.width, cfg.heads, cfg.head_dim)  # (heads*hd, D) -> (D, heads, hd)
+
+
+def _heads_out_back(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    return t.T.reshape(cfg.heads, cfg.head_dim, cfg.width)  # (D, heads*hd) -> (heads, hd, D)
+
+
+TRANSPOSE = Transform(_t, _t)
+CONV = Transform(lambda t, c: t.permute(3, 2, 0, 1), lambda t, c: t.permute(2, 3, 1, 0))  # (kh, kw, in, out)
+HEADS_IN = Transform(_heads_in, _heads_in_back)
+HEAD_BIAS = Transform(lambda t, c: t.reshape(-1), lambda t, c: t.reshape(c.heads, c.head_dim))
+HEADS_OUT = Transform(_heads_in, _heads_out_back)  # (heads, hd, D) -> (D, heads*hd) -> transposed
+
+
+def _norm(foreign: str, native: str) -> tuple[Rename, Rename]:
+    return Rename(foreign + "/scale", native + ".weight"), Rename(foreign + "/bias", native + ".bias")
+
+
+def _dense(foreign: str, native: str, transform: Transform = TRANSPOSE) -> tuple[Rename, Rename]:
+    return Rename(foreign + "/kernel", native + ".weight", transform), Rename(foreign + "/bias", native + ".bias")
+
+
+JAX_BLOCK = "Transformer/encoderblock_{i}/"
+JAX_MHA = JAX_BLOCK + "MultiHeadDotProductAttention_1/"
+JAX_KEYMAP = KeyMap(
+    "jax",
+    (
+        Rename("cls", "cls_token"),
+        Rename("Transformer/posembed_input/pos_embedding", "pos_embed"),
+        *_dense("embedding", "patch_embed.proj", CONV),
+        *_norm(JAX_BLOCK + "LayerNorm_0", "blocks.{i}.norm1"),
+        *_norm(JAX_BLOCK + "LayerNorm_2", "blocks.{i}.norm2"),
+        Fuse((JAX_MHA + "query/kernel", JAX_MHA + "key/kernel", JAX_MHA + "value/kernel"),
+             "blocks.{i}.attn.qkv.weight", HEADS_IN),
+        Fuse((JAX_MHA + "query/bias", JAX_MHA + "key/bias", JAX_MHA + "value/bias"),
+             "blocks.{i}.attn.qkv.bias", HEAD_BIAS),
+        *_dense(JAX_MHA + "out", "blocks.{i}.attn.proj", HEADS_OUT),
+        *_dense(JAX_BLOCK + "MlpBlock_3/Dense_0", "blocks.{i}.mlp.fc1"),
+        *_dense(JAX_BLOCK + "MlpBlock_3/Dense_1", "blocks.{i}.mlp.fc2"),
+        *_norm("Transformer/encoder_norm", "norm"),
+        *_dense("pre_logits", "pre_logits.fc"),
+        *_dense("head", "head"),
+    ),
+)
+JAX_PREFIXES = ("opt/target/", "params/")  # checkpoints saved with optimizer state or as flax params
+
+
+def strip_jax_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in JAX_PREFIXES:
+        if any(k.startswith(prefix + "embedding/") for k in tensors):
+            return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    return tensors

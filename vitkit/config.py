@@ -1,0 +1,160 @@
+"""Frozen configuration of a ViT-family network, its variants, and the preprocessing it expects.
+
+ViT, DeiT and BEiT are one network that differs by fields of `ViTConfig`:
+  ViT   class token + learned absolute positions, qkv bias, final norm, class-token pooling
+  DeiT  ViT + a distillation token and a second head (`dist_token=True`), averaged at inference
+  BEiT  no absolute positions, relative position bias per layer, layer scale, q/v bias without k bias,
+        mean pooling of patch tokens followed by `fc_norm`
+
+Try it:  python -c "from vitkit.config import variant; print(variant('B/16'))"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Variants are data: name -> (width, depth, mlp_dim, heads), as in big_vision's decode_variant.
+WIDTHS = {
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+
+# fields a caller may set at load time: they change behaviour (other input sizes, training), not weights
+RUNTIME_FIELDS = ("pos_embed_antialias", "rel_pos_resize", "drop_path")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    image_size: int = 224  # the grid the position parameters were learned on
+    patch_size: int = 16
+    in_chans: int = 3
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    num_classes: int = 1000  # 0: backbone without head
+    class_token: bool = True
+    dist_token: bool = False  # DeiT distilled: extra token after the class token
+    dist_head: bool = True  # with dist_token: a second head on it, averaged with the class head
+    abs_pos_embed: bool = True  # learned absolute position embedding (ViT, DeiT)
+    pos_embed_antialias: bool = True  # bicubic resample at other sizes: antialiased as timm, plain as transformers
+    rel_pos_bias: Literal["none", "layer", "shared"] = "none"  # BEiT: per layer, or one shared
+    rel_pos_resize: Literal["geometric", "bilinear"] = "geometric"  # BEiT authors' / transformers' resize
+    qkv_bias: Literal["qkv", "qv", "none"] = "qkv"  # BEiT: q and v only
+    layer_scale_init: float | None = None  # BEiT: per-channel residual scale
+    pool: Literal["cls", "mean"] = "cls"  # mean: average of patch tokens (BEiT)
+    fc_norm: bool = False  # norm after pooling instead of before (BEiT mean pooling)
+    pre_logits_dim: int = 0  # dense + tanh "pooler"/representation layer (JAX in21k, HF ViTModel)
+    norm_eps: float = 1e-6
+    drop_path: float = 0.0
+    family: Literal["vit", "deit", "beit"] = "vit"  # decides the layout names used when saving
+    labels: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self):
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.dist_token and not self.class_token:
+            raise ValueError("a distillation token needs a class token")
+        if self.labels and self.num_classes and len(self.labels) != self.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + int(self.dist_token)
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    def replace(self, **changes) -> "ViTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["labels"] = list(self.labels)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ViTConfig fields: {sorted(unknown)}")
+        d = dict(d)
+        if "labels" in d:
+            d["labels"] = tuple(d["labels"])
+        return cls(**d)
+
+
+def variant(name: str, **overrides) -> ViTConfig:
+    """'B/16' -> ViT-Base, patch 16; 'L/16@384' adds the image size. Overrides replace any field."""
+    size_part, _, res = name.partition("@")
+    width_name, _, patch = size_part.partition("/")
+    if width_name not in WIDTHS or not patch.isdigit():
+        raise ValueError(f"unknown variant {name!r}: expected e.g. 'S/16', 'B/32', 'L/16@384' (sizes {list(WIDTHS)})")
+    width, depth, mlp_dim, heads = WIDTHS[width_name]
+    fields = dict(width=width, depth=depth, mlp_dim=mlp_dim, heads=heads, patch_size=int(patch))
+    if res:
+        fields["image_size"] = int(res)
+    fields.update(overrides)
+    return ViTConfig(**fields)
+
+
+BEIT_FIELDS = dict(
+    family="beit", abs_pos_embed=False, rel_pos_bias="layer", qkv_bias="qv", layer_scale_init=0.1,
+    pool="mean", fc_norm=True,
+)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How pixels reach the model: resize, centre crop, scale to [0, 1], normalize.
+
+    resize_mode "shortest": shorter side to floor(input_size / crop_pct), aspect kept (timm's eval rule).
+    resize_mode "exact":    both sides to floor(input_size / crop_pct) (transformers' ViT/BEiT/DeiT processors).
+    Then a centre crop of input_size x input_size (a no-op when crop_pct is 1).
+    """
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    resize_mode: Literal["shortest", "exact"] = "shortest"
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def resize(self) -> int:
+        # the epsilon keeps 224 / (224 / 256) at 256 instead of 255.99...; timm's 0.9 -> 248 is unchanged
+        return math.floor(self.input_size / self.crop_pct + 1e-6)
+
+    def at_size(self, input_size: int) -> "PreprocessSpec":
+        """The same recipe for another model input side, keeping the crop fraction."""
+        return dataclasses.replace(self, input_size=input_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        d = dict(d)
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)

@@ -1,0 +1,93 @@
+"""Turn an RGB PIL image into the normalized tensor a ViT expects, following a `PreprocessSpec`.
+
+Two resize rules, each reproducing its reference library exactly (tests/test_preprocess.py):
+  "shortest"  timm's eval transform: torchvision `Resize(spec.resize)` (shorter side, aspect kept)
+              then `CenterCrop(spec.input_size)`
+  "exact"     transformers' ViT/BEiT/DeiT image processors: resize to (resize, resize), then their
+              centre crop when resize != input_size
+then pixels / 255 and (x - mean) / std, with transformers' dtype steps (float64 rescale, float32 normalize).
+
+Try it:  python -c "from vitkit.config import PreprocessSpec; from vitkit.data.decode import decode_image; \
+from vitkit.data.transforms import preprocess; print(preprocess(decode_image('photo.jpg'), PreprocessSpec()).shape)"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitkit.config import PreprocessSpec
+from vitkit.data.decode import to_rgb
+
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def preprocess(image: Image.Image, spec: PreprocessSpec) -> torch.Tensor:
+    """One image -> float32 tensor (3, input_size, input_size). Non-RGB images go through `to_rgb`."""
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    resample = RESAMPLE[spec.interpolation]
+    if spec.resize_mode == "shortest":
+        image = _centre_crop_torchvision(_resize_shorter_side(image, spec.resize, resample), spec.input_size)
+    elif spec.resize_mode == "exact":
+        image = image.resize((spec.resize, spec.resize), resample)
+        image = _centre_crop_transformers(image, spec.input_size)
+    else:
+        raise ValueError(f"unknown resize_mode {spec.resize_mode!r}: expected 'shortest' or 'exact'")
+    return _normalize(image, spec)
+
+
+def preprocess_batch(images: Sequence[Image.Image], spec: PreprocessSpec) -> torch.Tensor:
+    """Images -> float32 tensor (B, 3, input_size, input_size)."""
+    if not images:
+        return torch.empty(0, 3, spec.input_size, spec.input_size)
+    return torch.stack([preprocess(image, spec) for image in images])
+
+
+def _resize_shorter_side(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """torchvision `Resize(size)` on a PIL image: shorter side -> size, longer side truncated, not rounded."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(size * long / short)
+    new_size = (size, new_long) if width <= height else (new_long, size)  # PIL sizes are (width, height)
+    return image.resize(new_size, resample)
+
+
+def _centre_crop_torchvision(image: Image.Image, size: int) -> Image.Image:
+    """torchvision `CenterCrop(size)`: offsets rounded half to even; a too-small side is zero-padded,
+    (size - side) // 2 before it. PIL's crop fills the area outside the image with zeros."""
+    width, height = image.size
+
+    def offset(side: int) -> int:
+        return -((size - side) // 2) if size > side else int(round((side - size) / 2.0))
+
+    left, top = offset(width), offset(height)
+    return image.crop((left, top, left + size, top + size))
+
+
+def _centre_crop_transformers(image: Image.Image, size: int) -> Image.Image:
+    """transformers' `center_crop`: offset (side - size) // 2 (floor), which also places a too-small
+    side after ceil((size - side) / 2) zeros."""
+    width, height = image.size
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _normalize(image: Image.Image, spec: PreprocessSpec) -> torch.Tensor:
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (H, W, 3) uint8 -> (3, H, W)
+    # transformers rescales in float64 then casts to float32, and normalizes in float32: same steps,
+    # same bits. torchvision's float32 x / 255 differs from this by at most one float32 ulp.
+    scaled = (pixels.double() * (1 / 255)).float()
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+    return (scaled - mean) / std

@@ -1,0 +1,3 @@
+from vitkit.models.vit import VisionTransformer
+
+__all__ = ["VisionTransformer"]

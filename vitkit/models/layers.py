@@ -1,0 +1,124 @@
+"""Building blocks of the ViT family: patch embedding, attention, MLP, layer scale, drop path, block.
+
+Attention has two paths chosen by one flag: the fused `scaled_dot_product_attention` (default) and a
+readable path that also returns the attention weights (used for attention maps).
+
+Try it:  python -m pytest tests/test_model.py -q
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vitkit.config import ViTConfig
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.proj(pixels)  # (B, D, gh, gw)
+        grid = (x.shape[-2], x.shape[-1])
+        return x.flatten(2).transpose(1, 2), grid  # (B, gh*gw, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.scale = cfg.head_dim**-0.5
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=cfg.qkv_bias == "qkv")
+        if cfg.qkv_bias == "qv":  # BEiT: learned q and v biases, k bias fixed at zero
+            self.q_bias = nn.Parameter(torch.zeros(cfg.width))
+            self.v_bias = nn.Parameter(torch.zeros(cfg.width))
+        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.fused = True
+
+    def _qkv_bias(self) -> torch.Tensor | None:
+        if not hasattr(self, "q_bias"):
+            return self.qkv.bias
+        return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, D = x.shape
+        qkv = F.linear(x, self.qkv.weight, self._qkv_bias())  # (B, N, 3*D)
+        qkv = qkv.reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, hd)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
+        weights = None
+        if self.fused and not need_weights:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, heads, N, hd)
+        else:
+            scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+            if bias is not None:
+                scores = scores + bias
+            weights = scores.softmax(dim=-1)
+            out = weights @ v  # (B, heads, N, hd)
+        out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, heads*hd)
+        return self.proj(out), weights
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
+        self.act = nn.GELU()  # exact (erf) GELU, as ViT, DeiT and BEiT were trained
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg)
+        scale = cfg.layer_scale_init
+        self.ls1 = LayerScale(cfg.width, scale) if scale is not None else nn.Identity()
+        self.ls2 = LayerScale(cfg.width, scale) if scale is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, weights = self.attn(self.norm1(x), bias, need_weights)
+        x = x + self.drop_path(self.ls1(attn_out))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        return x, weights
+
+    def checkpointed(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Forward that recomputes activations in backward instead of storing them."""
+        return checkpoint(lambda t, b: self.forward(t, b)[0], x, bias, use_reentrant=False)

@@ -1,0 +1,107 @@
+"""Named models: architectures (timm names, for bare weights files) and published checkpoints.
+
+An architecture is a config plus the preprocessing its reference weights were trained with. A named
+model adds where its weights live (a hub id), their layout, labels and licence. Rows, not functions.
+
+Try it:  vitkit models
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from vitkit.config import BEIT_FIELDS, HALF, IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, ViTConfig, variant
+
+TIMM_AUGREG = PreprocessSpec(crop_pct=0.9, interpolation="bicubic", mean=HALF, std=HALF)
+TIMM_AUGREG_FULL = replace(TIMM_AUGREG, crop_pct=1.0)  # 384 px fine-tunes: no crop
+TIMM_DEIT = PreprocessSpec(crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+HF_VIT = PreprocessSpec(crop_pct=1.0, resize_mode="exact", interpolation="bilinear", mean=HALF, std=HALF)
+HF_DEIT = PreprocessSpec(crop_pct=224 / 256, resize_mode="exact", interpolation="bicubic",
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@dataclass(frozen=True)
+class Arch:
+    config: ViTConfig
+    preprocess: PreprocessSpec
+
+
+def _vit(name: str, spec: PreprocessSpec = TIMM_AUGREG, **fields) -> Arch:
+    cfg = variant(name, **fields)
+    return Arch(cfg, spec.at_size(cfg.image_size))
+
+
+def _deit(name: str, **fields) -> Arch:
+    return _vit(name, TIMM_DEIT, family="deit", **fields)
+
+
+def _beit(name: str, **fields) -> Arch:
+    return _vit(name, TIMM_AUGREG, **BEIT_FIELDS, **fields)
+
+
+ARCHS: dict[str, Arch] = {
+    "vit_tiny_patch16_224": _vit("Ti/16"),
+    "vit_tiny_patch16_384": _vit("Ti/16@384", TIMM_AUGREG_FULL),
+    "vit_small_patch16_224": _vit("S/16"),
+    "vit_small_patch32_224": _vit("S/32"),
+    "vit_base_patch16_224": _vit("B/16"),
+    "vit_base_patch32_224": _vit("B/32"),
+    "vit_base_patch16_224_in21k": _vit("B/16", num_classes=21843, pre_logits_dim=768),
+    "vit_large_patch16_224": _vit("L/16"),
+    "vit_large_patch16_384": _vit("L/16@384", TIMM_AUGREG_FULL),
+    "vit_huge_patch14_224": _vit("H/14"),
+    "deit_tiny_patch16_224": _deit("Ti/16"),
+    "deit_small_patch16_224": _deit("S/16"),
+    "deit_base_patch16_224": _deit("B/16"),
+    "deit_base_patch16_384": _vit("B/16@384", replace(TIMM_DEIT, crop_pct=1.0), family="deit"),
+    "deit_tiny_distilled_patch16_224": _deit("Ti/16", dist_token=True),
+    "deit_small_distilled_patch16_224": _deit("S/16", dist_token=True),
+    "deit_base_distilled_patch16_224": _deit("B/16", dist_token=True),
+    "beit_base_patch16_224": _beit("B/16"),
+    "beit_base_patch16_384": _beit("B/16@384"),
+    "beit_large_patch16_224": _beit("L/16"),
+}
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    hub_id: str
+    layout: str  # "hf" or "timm": the files on the hub
+    arch: str  # the architecture row it matches (used for preprocessing when the files carry none)
+    labels: str  # "imagenet-1k", "imagenet-21k" or "none"
+    licence: str
+    note: str = ""
+    preprocess: PreprocessSpec | None = None  # overrides the arch's when the publisher's processor differs
+
+
+MODELS: dict[str, NamedModel] = {m.hub_id: m for m in (
+    NamedModel("google/vit-base-patch16-224-in21k", "hf", "vit_base_patch16_224_in21k", "none", "apache-2.0",
+               "ImageNet-21k backbone: trained pre-logits pooler, no classifier (the published head is zeroed)",
+               HF_VIT),
+    NamedModel("google/vit-base-patch16-224", "hf", "vit_base_patch16_224", "imagenet-1k", "apache-2.0",
+               "ImageNet-21k pre-trained, ImageNet-1k fine-tuned; its pooler is untrained", HF_VIT),
+    NamedModel("google/vit-large-patch16-384", "hf", "vit_large_patch16_384", "imagenet-1k", "apache-2.0",
+               "published as a pickle .bin only (loaded with weights_only=True)", HF_VIT.at_size(384)),
+    NamedModel("timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "timm", "vit_small_patch16_224", "imagenet-1k",
+               "apache-2.0", "AugReg: ImageNet-21k pre-trained, ImageNet-1k fine-tuned"),
+    NamedModel("microsoft/beit-base-patch16-224", "hf", "beit_base_patch16_224", "imagenet-1k", "apache-2.0",
+               "BEiT: self-supervised on ImageNet-21k, fine-tuned on 21k then 1k", HF_VIT),
+    NamedModel("facebook/deit-tiny-patch16-224", "hf", "deit_tiny_patch16_224", "imagenet-1k", "apache-2.0",
+               "", HF_DEIT),
+    NamedModel("facebook/deit-small-patch16-224", "hf", "deit_small_patch16_224", "imagenet-1k", "apache-2.0",
+               "", HF_DEIT),
+    NamedModel("facebook/deit-base-patch16-224", "hf", "deit_base_patch16_224", "imagenet-1k", "apache-2.0",
+               "", HF_DEIT),
+    NamedModel("facebook/deit-base-distilled-patch16-224", "hf", "deit_base_distilled_patch16_224",
+               "imagenet-1k", "apache-2.0", "distilled: class and distillation heads averaged", HF_DEIT),
+)}
+
+
+def arch(name: str) -> Arch:
+    if name not in ARCHS:
+        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHS))}")
+    return ARCHS[name]
+
+
+def preprocess_for(model: NamedModel) -> PreprocessSpec:
+    return model.preprocess or ARCHS[model.arch].preprocess

@@ -1,0 +1,165 @@
+"""The one Vision Transformer: ViT, DeiT (distilled too) and BEiT are configurations of this class.
+
+Its parameter names are vitkit's own state-dict layout; foreign layouts are mapped at the edge
+(`vitkit.checkpoints.keymaps`). Features are separate from the head so that classification,
+embeddings and fine-tuning share one path:
+  forward_features(x)             -> tokens after the final norm           (B, T, D)
+  forward_intermediates(x, idx)   -> tokens after the chosen blocks        [(B, T, D), ...]
+  pool(tokens)                    -> pooled features (pre-logits)          (B, D')
+  forward_head(tokens)            -> logits                                 (B, C)
+
+Try it:  python -c "import torch; from vitkit.config import variant; from vitkit.models.vit import \
+VisionTransformer; print(VisionTransformer(variant('Ti/16'))(torch.rand(1, 3, 224, 224)).shape)"
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vitkit.config import ViTConfig
+from vitkit.models.layers import Block, PatchEmbed
+from vitkit.models.pos_embed import RelativePositionBias, SizeCache, resample_abs_pos_embed
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.patch_embed = PatchEmbed(cfg)
+        grid = (cfg.grid, cfg.grid)
+        if cfg.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        if cfg.dist_token:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        if cfg.abs_pos_embed:
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + cfg.grid**2, cfg.width))
+            self._pos_cache = SizeCache()
+        if cfg.rel_pos_bias == "shared":
+            self.rel_pos = RelativePositionBias(grid, cfg.heads, cfg.rel_pos_resize)
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear stochastic depth
+        self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
+        if cfg.rel_pos_bias == "layer":
+            for block in self.blocks:
+                block.rel_pos = RelativePositionBias(grid, cfg.heads, cfg.rel_pos_resize)
+        self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
+        if cfg.pre_logits_dim:
+            self.pre_logits = nn.Sequential()
+            self.pre_logits.add_module("fc", nn.Linear(cfg.width, cfg.pre_logits_dim))
+            self.pre_logits.add_module("act", nn.Tanh())
+        features = cfg.pre_logits_dim or cfg.width
+        self.head = nn.Linear(features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        if cfg.dist_token and cfg.dist_head:
+            self.head_dist = nn.Linear(features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.grad_checkpointing = False
+        self.init_weights()
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Truncated-normal init (std 0.02) as in timm/transformers; norms at (1, 0); zero head."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for name in ("cls_token", "dist_token", "pos_embed"):
+            if hasattr(self, name):
+                nn.init.trunc_normal_(getattr(self, name), std=0.02)
+
+    def set_fused_attention(self, fused: bool) -> None:
+        for block in self.blocks:
+            block.attn.fused = fused
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.config.labels
+
+    # -- features -----------------------------------------------------------------------------------
+    def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        if grid == (self.config.grid, self.config.grid):
+            return self.pos_embed
+        cfg = self.config
+        resample = lambda: resample_abs_pos_embed(  # noqa: E731
+            self.pos_embed, grid, cfg.num_prefix_tokens, antialias=cfg.pos_embed_antialias)
+        return self._pos_cache.get(self.pos_embed, grid, resample)
+
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Pixels (B, C, H, W) -> tokens (B, P + gh*gw, D) with prefix tokens and positions added."""
+        x, grid = self.patch_embed(pixels)  # (B, gh*gw, D)
+        prefix = [getattr(self, name).expand(x.shape[0], -1, -1) for name in ("cls_token", "dist_token")
+                  if hasattr(self, name)]
+        x = torch.cat(prefix + [x], dim=1)  # (B, P + gh*gw, D)
+        if self.config.abs_pos_embed:
+            x = x + self._pos_embed_for(grid)
+        return x, grid
+
+    def _run_blocks(self, x: torch.Tensor, grid, need_weights: bool = False):
+        """Yields (block index, tokens after it, attention weights or None)."""
+        shared = self.rel_pos(grid) if self.config.rel_pos_bias == "shared" else None
+        for i, block in enumerate(self.blocks):
+            bias = block.rel_pos(grid) if self.config.rel_pos_bias == "layer" else shared
+            if bias is not None:
+                bias = bias.unsqueeze(0).to(x.dtype)  # (1, heads, N, N)
+            if self.grad_checkpointing and self.training and not need_weights:
+                x, weights = block.checkpointed(x, bias), None
+            else:
+                x, weights = block(x, bias, need_weights)
+            yield i, x, weights
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        x, grid = self.embed(pixels)
+        for _, x, _ in self._run_blocks(x, grid):
+            pass
+        return self.norm(x)  # (B, T, D)
+
+    def forward_intermediates(
+        self, pixels: torch.Tensor, indices: list[int], norm: bool = False
+    ) -> list[torch.Tensor]:
+        """Tokens (B, T, D) after each block in `indices` (negative counts from the end), in the given order;
+        with norm=True the final norm is applied to each."""
+        depth = self.config.depth
+        wanted = [i % depth for i in indices]
+        if any(not -depth <= i < depth for i in indices):
+            raise IndexError(f"block indices {indices} out of range for depth {depth}")
+        x, grid = self.embed(pixels)
+        found = {}
+        for i, x, _ in self._run_blocks(x, grid):
+            if i in wanted:
+                found[i] = self.norm(x) if norm else x
+            if i == max(wanted):
+                break
+        return [found[i] for i in wanted]
+
+    def attention_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights (B, heads, N, N) of every block, from the readable attention path."""
+        x, grid = self.embed(pixels)
+        return [weights for _, _, weights in self._run_blocks(x, grid, need_weights=True)]
+
+    # -- head ---------------------------------------------------------------------------------------
+    def _pooled(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens (B, T, D) -> pre-logit features (B, D'), one per head: [class] or, for distilled DeiT,
+        [class, distillation]."""
+        cfg = self.config
+        if cfg.pool == "mean":
+            pooled = [tokens[:, cfg.num_prefix_tokens:].mean(dim=1)]  # [(B, D)]
+        else:
+            pooled = [tokens[:, i] for i in range(1 + int(cfg.dist_token and cfg.dist_head))]
+        pooled = [self.fc_norm(p) for p in pooled]
+        return [self.pre_logits(p) for p in pooled] if cfg.pre_logits_dim else pooled
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, T, D) -> logits (B, C), or the pre-logit features (B, D') with pre_logits=True.
+        Distilled DeiT averages its two heads (and, for features, the two tokens) as timm does."""
+        pooled = self._pooled(tokens)
+        if pre_logits:
+            return pooled[0] if len(pooled) == 1 else torch.stack(pooled).mean(dim=0)
+        heads = [self.head] + ([self.head_dist] if hasattr(self, "head_dist") else [])
+        logits = [head(p) for head, p in zip(heads, pooled)]
+        return logits[0] if len(logits) == 1 else torch.stack(logits).mean(dim=0)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(pixels))
