@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vitkit.labels import default_labels
+
 # Variants are data: name -> (width, depth, mlp_dim, heads), as in big_vision's decode_variant.
 WIDTHS = {
     "Ti": (192, 12, 768, 3),
@@ -68,7 +70,9 @@ class ViTConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dist_token and not self.class_token:
             raise ValueError("a distillation token needs a class token")
-        if self.labels and self.num_classes and len(self.labels) != self.num_classes:
+        if not self.labels and self.num_classes:  # ImageNet-1k names for 1000 classes, else class_<i>
+            object.__setattr__(self, "labels", default_labels(self.num_classes))
+        if len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
 
     @property

@@ -21,7 +21,6 @@ from vitkit.checkpoints.hf_config import config_from_hf, spec_from_hf
 from vitkit.checkpoints.io import CheckpointError, read_tensors
 from vitkit.checkpoints.layouts import JAX_KEYMAP, detect_layout, hf_keymap, hf_prefix, strip_jax_prefix, timm_keymap
 from vitkit.config import RUNTIME_FIELDS, PreprocessSpec, ViTConfig
-from vitkit.labels import default_labels
 from vitkit.models.pos_embed import resample_abs_pos_embed, resample_rel_pos_table
 from vitkit.models.registry import ARCHS, MODELS, arch as get_arch, preprocess_for
 from vitkit.models.vit import VisionTransformer
@@ -173,7 +172,7 @@ def _fit_config(cfg: ViTConfig, native: dict[str, torch.Tensor]) -> ViTConfig:
         num_classes=num_classes,
         pre_logits_dim=pre_logits.shape[0] if pre_logits is not None else 0,
         dist_head=cfg.dist_token and "head_dist.weight" in native,
-        labels=cfg.labels if len(cfg.labels) == num_classes else default_labels(num_classes),
+        labels=cfg.labels if len(cfg.labels) == num_classes else (),
     )
 
 
@@ -195,8 +194,6 @@ def _fit_positions(native: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str,
 def _build(native: dict[str, torch.Tensor], cfg: ViTConfig, layout: str) -> VisionTransformer:
     native = _fit_positions(native, cfg)
     native = {k: v if v.dtype == torch.float32 else v.float() for k, v in native.items()}
-    if len(cfg.labels) != cfg.num_classes:
-        cfg = cfg.replace(labels=default_labels(cfg.num_classes))
     with torch.device("meta"):
         net = VisionTransformer(cfg)
     load_strict(net, native, layout)

@@ -97,7 +97,7 @@ def hf_architecture(cfg: ViTConfig) -> tuple[str, str]:
 def config_to_hf(cfg: ViTConfig) -> dict:
     model_type = hf_model_type(cfg)
     architecture, _ = hf_architecture(cfg)
-    labels = cfg.labels or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))
+    labels = cfg.labels
     hf = dict(
         model_type=model_type, architectures=[architecture], hidden_size=cfg.width, num_hidden_layers=cfg.depth,
         num_attention_heads=cfg.heads, intermediate_size=cfg.mlp_dim, hidden_act="gelu",

@@ -1,0 +1,36 @@
+# Set-up and checks. torch is pinned to 2.13.0: on these machines that is the CPU build from a local
+# file; any other version pulls several GB of CUDA packages.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+TIMM   := timm==1.0.31
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# timm is a reference implementation for tests only; it installs without its torchvision requirement
+$(VENV)/.test: pyproject.toml $(VENV)/.core
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(TIMM)
+	touch $@
+
+demo: $(VENV)/.core
+	$(BIN)/python examples/demo.py
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.test
+	$(BIN)/python -m pytest -q tests/test_real_weights.py -s
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,93 @@
+"""The Python API: `vitkit.load(...)` returns a `Model` that preprocesses, predicts and saves.
+
+    import vitkit
+    model = vitkit.load("../shared/weights/deit-tiny-patch16-224/model.safetensors", arch="deit_tiny_patch16_224")
+    model.classify(["../shared/images/imagenet-sample-100/n01440764_tench.JPEG"], top_k=3)
+
+Try it:  python -m pytest tests/test_api.py -q
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from vitkit.checkpoints.convert import Loaded, load_network
+from vitkit.checkpoints.save import save
+from vitkit.config import PreprocessSpec, ViTConfig
+from vitkit.data.decode import decode_image
+from vitkit.data.transforms import preprocess_batch
+
+ImageInput = Image.Image | str | Path | bytes
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    score: float  # softmax probability
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "label": self.label, "score": self.score}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was asked for, but this PyTorch build sees no CUDA GPU")
+    return torch.device(device)
+
+
+class Model:
+    """A loaded network with its preprocessing, on one device, in inference mode."""
+
+    def __init__(self, loaded: Loaded, device: str | None = "cpu", image_size: int | None = None):
+        self.device = resolve_device(device)
+        self.net = loaded.net.to(self.device).eval()
+        self.spec: PreprocessSpec = loaded.preprocess.at_size(image_size or loaded.preprocess.input_size)
+        self.source = loaded.source
+        self.layout = loaded.layout
+
+    @property
+    def config(self) -> ViTConfig:
+        return self.net.config
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.net.config.labels
+
+    def preprocess(self, images: ImageInput | list[ImageInput]) -> torch.Tensor:
+        """Images (PIL, paths or encoded bytes) -> (B, 3, H, W) float32 on the CPU."""
+        images = images if isinstance(images, list) else [images]
+        decoded = [img if isinstance(img, Image.Image) else decode_image(img) for img in images]
+        return preprocess_batch(decoded, self.spec)
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits (B, num_classes) on the CPU."""
+        return self.net(pixels.to(self.device, non_blocking=True)).float().cpu()
+
+    def top_k(self, logits: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
+        if not self.config.num_classes:
+            raise ValueError(f"{self.source} is a backbone without a classifier head: use embeddings instead")
+        probs = logits.softmax(dim=-1)
+        scores, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)  # (B, k)
+        return [[Prediction(int(i), self.labels[int(i)], float(s)) for s, i in zip(row_s, row_i)]
+                for row_s, row_i in zip(scores, indices)]
+
+    def classify(self, images: ImageInput | list[ImageInput], top_k: int = 5) -> list[list[Prediction]]:
+        return self.top_k(self(self.preprocess(images)), top_k)
+
+    def save(self, target: str | Path, format: str = "hf", arch: str | None = None) -> Path:
+        return save(self.net, self.spec, format, target, arch)
+
+
+def load(model: str | None = None, arch: str | None = None, *, image_size: int | None = None,
+         device: str | None = "cpu", **runtime) -> Model:
+    """Load a registry name, hub id, local folder or weights file (with `arch` when it carries no
+    config; `arch` alone gives random weights). `image_size` runs the model at another resolution."""
+    return Model(load_network(model, arch, **runtime), device=device, image_size=image_size)

@@ -1,0 +1,60 @@
+"""Decode + preprocess in worker processes while the model runs, in input order, one bad file never
+stopping the rest: each batch carries the pixels of the good inputs and the error of each bad one.
+
+Try it:  python -m pytest tests/test_classify.py -q
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vitkit.config import PreprocessSpec
+from vitkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from vitkit.data.transforms import preprocess
+
+
+@dataclass
+class Batch:
+    indices: list[int]  # positions in the input list of the decoded images, in order
+    pixels: torch.Tensor  # (len(indices), 3, H, W)
+    errors: dict[int, str]  # position -> reason, for inputs that could not be decoded
+
+
+class ImageFiles(Dataset):
+    def __init__(self, paths: list[str], spec: PreprocessSpec, max_pixels: int, draft: bool):
+        self.paths, self.spec, self.max_pixels, self.draft = paths, spec, max_pixels, draft
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            draft_size = self.spec.resize if self.draft else None
+            image = decode_image(self.paths[index], max_pixels=self.max_pixels, draft_size=draft_size)
+            return index, preprocess(image, self.spec), None
+        except ImageDecodeError as err:
+            return index, None, str(err)
+        except FileNotFoundError:
+            return index, None, "no such file"
+        except (IsADirectoryError, PermissionError, OSError) as err:
+            return index, None, f"cannot read file: {err.strerror or err}"
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
+    good = [(i, pixels) for i, pixels, _ in items if pixels is not None]
+    pixels = torch.stack([p for _, p in good]) if good else torch.empty(0)
+    return Batch([i for i, _ in good], pixels, {i: err for i, _, err in items if err is not None})
+
+
+def iter_batches(paths: list[str], spec: PreprocessSpec, batch_size: int = 16, workers: int = 0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False, pin_memory: bool = False
+                 ) -> Iterator[Batch]:
+    dataset = ImageFiles(paths, spec, max_pixels, draft)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                        pin_memory=pin_memory, persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    yield from loader

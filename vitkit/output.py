@@ -1,0 +1,66 @@
+"""Result rows -> table, JSONL or CSV, streamed to stdout or written atomically to a file.
+
+Try it:  python -m pytest tests/test_cli.py -q
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vitkit.checkpoints.io import atomic_path
+
+FORMATS = ("table", "jsonl", "csv")
+
+
+@contextmanager
+def open_output(target: str | None) -> Iterator[io.TextIOBase]:
+    """stdout, or a file that appears only once complete (written beside it, then renamed)."""
+    if target is None or target == "-":
+        yield sys.stdout
+        return
+    final = Path(target)
+    tmp = atomic_path(final)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            yield fh
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _table_line(row: dict) -> str:
+    if row["error"]:
+        return f"{row['path']}\tERROR: {row['error']}"
+    return row["path"] + "\t" + ", ".join(f"{p['label']} ({p['score']:.3f})" for p in row["top_k"])
+
+
+def write_rows(rows: Iterable[dict], fmt: str, out: io.TextIOBase, top_k: int) -> tuple[int, int]:
+    """Writes each row as it comes; returns (rows, errors)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose {', '.join(FORMATS)}")
+    writer = None
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(["path"] + [f"top{r}_{f}" for r in range(1, top_k + 1) for f in ("index", "label", "score")]
+                        + ["error"])
+    count = errors = 0
+    for row in rows:
+        count += 1
+        errors += row["error"] is not None
+        if fmt == "jsonl":
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        elif fmt == "csv":
+            cells = [c for p in row["top_k"] for c in (p["index"], p["label"], f"{p['score']:.6f}")]
+            cells += [""] * (3 * top_k - len(cells))
+            writer.writerow([row["path"], *cells, row["error"] or ""])
+        else:
+            out.write(_table_line(row) + "\n")
+        out.flush()
+    return count, errors
