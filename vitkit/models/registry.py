@@ -14,6 +14,8 @@ from vitkit.config import BEIT_FIELDS, HALF, IMAGENET_MEAN, IMAGENET_STD, Prepro
 
 TIMM_AUGREG = PreprocessSpec(crop_pct=0.9, interpolation="bicubic", mean=HALF, std=HALF)
 TIMM_AUGREG_FULL = replace(TIMM_AUGREG, crop_pct=1.0)  # 384 px fine-tunes: no crop
+# DeiT: the authors' eval recipe (resize 256, crop 224), as in transformers' DeiT processors; timm's
+# current pretrained_cfg says crop_pct 0.9 — a timm hub folder's own config.json still wins over this row.
 TIMM_DEIT = PreprocessSpec(crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 HF_VIT = PreprocessSpec(crop_pct=1.0, resize_mode="exact", interpolation="bilinear", mean=HALF, std=HALF)
 HF_DEIT = PreprocessSpec(crop_pct=224 / 256, resize_mode="exact", interpolation="bicubic",
@@ -58,7 +60,7 @@ ARCHS: dict[str, Arch] = {
     "deit_small_distilled_patch16_224": _deit("S/16", dist_token=True),
     "deit_base_distilled_patch16_224": _deit("B/16", dist_token=True),
     "beit_base_patch16_224": _beit("B/16"),
-    "beit_base_patch16_384": _beit("B/16@384"),
+    "beit_base_patch16_384": _vit("B/16@384", TIMM_AUGREG_FULL, **BEIT_FIELDS),
     "beit_large_patch16_224": _beit("L/16"),
 }
 
