@@ -145,8 +145,7 @@ class PreprocessSpec:
 
     @property
     def resize(self) -> int:
-        # the epsilon keeps 224 / (224 / 256) at 256 instead of 255.99...; timm's 0.9 -> 248 is unchanged
-        return math.floor(self.input_size / self.crop_pct + 1e-6)
+        return math.floor(self.input_size / self.crop_pct)  # timm's rule, e.g. 224 / 0.9 -> 248
 
     def at_size(self, input_size: int) -> "PreprocessSpec":
         """The same recipe for another model input side, keeping the crop fraction."""

@@ -5,6 +5,8 @@ Try it:  python -m pytest tests/test_parity_hf.py -q -k roundtrip
 
 from __future__ import annotations
 
+import math
+
 from vitkit.config import ViTConfig, PreprocessSpec
 
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -130,10 +132,13 @@ def spec_from_hf(pre: dict) -> PreprocessSpec:
     resize = _side(size, "size")
     mode = "shortest" if isinstance(size, dict) and "shortest_edge" in size else "exact"
     crop = _side(pre.get("crop_size", resize), "crop_size") if pre.get("do_center_crop") else resize
+    crop_pct = crop / resize
+    if math.floor(crop / crop_pct) != resize:  # float rounding, e.g. 224 / (224 / 256) -> 255.99...
+        crop_pct = math.nextafter(crop_pct, 0.0)
     normalize = pre.get("do_normalize", True)
     resample = pre.get("resample", 2)
     return PreprocessSpec(
-        input_size=crop, crop_pct=crop / resize, resize_mode=mode,
+        input_size=crop, crop_pct=crop_pct, resize_mode=mode,
         interpolation=PIL_RESAMPLE[int(resample)] if not isinstance(resample, str) else resample,
         mean=tuple(pre.get("image_mean", (0.5,) * 3)) if normalize else (0.0,) * 3,
         std=tuple(pre.get("image_std", (0.5,) * 3)) if normalize else (1.0,) * 3,

@@ -18,7 +18,7 @@ TIMM_AUGREG_FULL = replace(TIMM_AUGREG, crop_pct=1.0)  # 384 px fine-tunes: no c
 # current pretrained_cfg says crop_pct 0.9 — a timm hub folder's own config.json still wins over this row.
 TIMM_DEIT = PreprocessSpec(crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 HF_VIT = PreprocessSpec(crop_pct=1.0, resize_mode="exact", interpolation="bilinear", mean=HALF, std=HALF)
-HF_DEIT = PreprocessSpec(crop_pct=224 / 256, resize_mode="exact", interpolation="bicubic",
+HF_DEIT = PreprocessSpec(crop_pct=0.875, resize_mode="exact", interpolation="bicubic",
                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
