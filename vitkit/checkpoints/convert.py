@@ -19,6 +19,7 @@ from safetensors import safe_open
 from vitkit.checkpoints import hub
 from vitkit.checkpoints.hf_config import config_from_hf, spec_from_hf
 from vitkit.checkpoints.io import CheckpointError, read_tensors
+from vitkit.checkpoints.keymap import short
 from vitkit.checkpoints.layouts import JAX_KEYMAP, detect_layout, hf_keymap, hf_prefix, strip_jax_prefix, timm_keymap
 from vitkit.config import RUNTIME_FIELDS, PreprocessSpec, ViTConfig
 from vitkit.models.pos_embed import resample_abs_pos_embed, resample_rel_pos_table
@@ -208,11 +209,20 @@ def load_strict(net: VisionTransformer, native: dict[str, torch.Tensor], layout:
     unexpected = sorted(set(native) - set(expected))
     mis_shaped = [f"{k} {tuple(native[k].shape)} != {tuple(expected[k].shape)}"
                   for k in sorted(set(expected) & set(native)) if native[k].shape != expected[k].shape]
-    problems = [f"missing keys: {', '.join(missing)}" if missing else "",
-                f"unexpected keys: {', '.join(unexpected)}" if unexpected else "",
-                f"shape mismatches (checkpoint != model): {'; '.join(mis_shaped)}" if mis_shaped else ""]
-    problems = [p for p in problems if p]
+    problems = [f"{what}: {short(keys)}" for what, keys in (
+        ("missing keys", missing), ("unexpected keys", unexpected),
+        ("shape mismatches (checkpoint != model)", mis_shaped)) if keys]
     if problems:
-        raise CheckpointError(f"{layout} checkpoint does not fit the model ({net.config.width} wide, "
-                              f"{net.config.depth} blocks): " + " | ".join(problems))
+        cfg = net.config
+        raise CheckpointError(f"{layout} checkpoint does not fit the model ({cfg.width} wide, {cfg.depth} blocks"
+                              f"{_checkpoint_shape(native)}): " + " | ".join(problems))
     net.load_state_dict(native, strict=True, assign=True)
+
+
+def _checkpoint_shape(native: dict[str, torch.Tensor]) -> str:
+    """'; the checkpoint is 192 wide with 12 blocks: is the architecture right?' when it can tell."""
+    patch = native.get("patch_embed.proj.weight")
+    blocks = {k.split(".")[1] for k in native if k.startswith("blocks.")}
+    if patch is None:
+        return ""
+    return f"; the checkpoint is {patch.shape[0]} wide with {len(blocks)} blocks: is the architecture right?"

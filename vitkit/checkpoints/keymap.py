@@ -102,7 +102,7 @@ class KeyMap:
                 else:
                     unclaimed.append(key)
         if unclaimed:
-            raise CheckpointError(f"{self.name} layout: unexpected keys {_short(unclaimed)}")
+            raise CheckpointError(f"{self.name} layout: unexpected keys {short(unclaimed)}")
         for (rule, native), found in parts.items():
             missing = [rule.foreign[n] for n in range(len(rule.foreign)) if n not in found]
             if missing:
@@ -146,10 +146,10 @@ class KeyMap:
                 else:
                     unclaimed.append(key)
         if unclaimed:
-            raise CheckpointError(f"{self.name} layout has no place for {_short(unclaimed)}")
+            raise CheckpointError(f"{self.name} layout has no place for {short(unclaimed)}")
         return out
 
 
-def _short(keys: list[str], limit: int = 12) -> str:
+def short(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(sorted(keys)[:limit])
     return shown + (f" … and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -1,0 +1,134 @@
+"""The Python API and the `models`, `convert` and `info` commands: every conversion keeps outputs, labels
+and preprocessing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from vitkit.cli import main as cli
+from vitkit.config import BEIT_FIELDS, ViTConfig, variant
+from vitkit.models.registry import ARCHS, MODELS, Arch
+
+SEEDS = ["google/vit-base-patch16-224-in21k", "google/vit-base-patch16-224",
+         "timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "microsoft/beit-base-patch16-224",
+         "google/vit-large-patch16-384", "facebook/deit-tiny-patch16-224", "facebook/deit-small-patch16-224",
+         "facebook/deit-base-patch16-224"]
+
+
+def test_models_lists_the_seed_checkpoints_and_architectures(capsys):
+    assert cli(["models", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert set(SEEDS) <= set(listing["models"])
+    assert {"deit_tiny_patch16_224", "vit_large_patch16_384", "beit_base_patch16_224"} <= set(listing["archs"])
+    for entry in listing["models"].values():
+        assert entry["arch"] in ARCHS and entry["licence"]
+    assert cli(["models"]) == 0
+    assert "google/vit-large-patch16-384" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    rng = np.random.default_rng(3)
+    return Image.fromarray(rng.integers(0, 255, (180, 240, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def tiny_beit_arch(monkeypatch):
+    """A 2-block BEiT row, so that conversions are tested on every family in milliseconds."""
+    cfg = variant("Ti/16", depth=2, **BEIT_FIELDS)
+    monkeypatch.setitem(ARCHS, "beit_tiny_test", Arch(cfg, ARCHS["beit_base_patch16_224"].preprocess))
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "beit_tiny_test"])
+@pytest.mark.parametrize("fmt", ["hf", "timm", "safetensors"])
+def test_convert_keeps_outputs_labels_and_preprocessing(tmp_path, photo, arch, fmt, tiny_beit_arch):
+    torch.manual_seed(0)
+    src = vitkit.load(arch=arch)
+    with torch.no_grad():
+        for p in src.net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    original = src.save(tmp_path / "src.safetensors", format="safetensors")
+    out = tmp_path / ("out" if fmt == "hf" else "out.safetensors")
+    assert cli(["convert", str(original), "--to", fmt, "--out", str(out)]) == 0
+    again = vitkit.load(str(out), arch=arch if fmt == "timm" else None)
+    pixels = src.preprocess(photo)
+    assert torch.equal(again.preprocess(photo), pixels)
+    assert (again(pixels) - src(pixels)).abs().max() < 1e-5
+    assert again.labels == src.labels
+
+
+def test_jax_export_and_reload(tmp_path, photo):
+    src = vitkit.load(arch="vit_tiny_patch16_224")
+    path = src.save(tmp_path / "vit.npz", format="jax")
+    again = vitkit.load(str(path), arch="vit_tiny_patch16_224")
+    pixels = src.preprocess(photo)
+    assert (again(pixels) - src(pixels)).abs().max() < 1e-5
+
+
+def test_jax_refuses_networks_it_cannot_hold(tmp_path, tiny_beit_arch):
+    src = vitkit.load(arch="beit_tiny_test")
+    with pytest.raises(ValueError, match="plain ViTs only"):
+        src.save(tmp_path / "beit.npz", format="jax")
+
+
+def test_info_describes_the_model(capsys, tmp_path):
+    path = vitkit.load(arch="deit_tiny_patch16_224").save(tmp_path / "m.safetensors", format="safetensors")
+    assert cli(["info", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["width"] == 192 and info["parameters"] == 5_717_416
+    assert info["preprocess"]["crop_pct"] == 0.875
+
+
+def test_classify_api_returns_sorted_probabilities(photo):
+    model = vitkit.load(arch="vit_tiny_patch16_224")
+    [preds] = model.classify(photo, top_k=4)
+    assert len(preds) == 4 and all(a.score >= b.score for a, b in zip(preds, preds[1:]))
+    assert preds[0].label == model.labels[preds[0].index]
+    assert 0 < sum(p.score for p in preds) <= 1.0
+
+
+def test_backbone_refuses_to_classify(photo, tmp_path):
+    cfg = ViTConfig(image_size=32, patch_size=8, width=48, depth=1, heads=3, mlp_dim=96, num_classes=0)
+    from vitkit.checkpoints.save import save_vitkit
+    from vitkit.models.vit import VisionTransformer
+    from vitkit.config import PreprocessSpec
+
+    path = save_vitkit(VisionTransformer(cfg), PreprocessSpec(input_size=32), tmp_path / "backbone.safetensors")
+    model = vitkit.load(str(path))
+    with pytest.raises(ValueError, match="backbone without a classifier"):
+        model.classify(photo)
+
+
+def test_architecture_name_as_model_explains_what_to_do():
+    with pytest.raises(ValueError, match="is an architecture, not weights"):
+        vitkit.load("deit_tiny_patch16_224")
+
+
+def test_file_without_config_needs_an_architecture(tmp_path):
+    import safetensors.torch
+
+    net = vitkit.load(arch="vit_tiny_patch16_224").net
+    safetensors.torch.save_file(net.state_dict(), tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="pass --arch"):
+        vitkit.load(str(tmp_path / "bare.safetensors"))
+    with pytest.raises(ValueError, match="192 wide with 12 blocks"):  # wrong architecture: named, with a hint
+        vitkit.load(str(tmp_path / "bare.safetensors"), arch="vit_small_patch16_224")
+
+
+def test_cuda_request_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
+        vitkit.load(arch="vit_tiny_patch16_224", device="cuda")
+
+
+def test_registry_rows_are_consistent():
+    for name, model in MODELS.items():
+        assert model.arch in ARCHS, name
+        assert model.layout in ("hf", "timm")
