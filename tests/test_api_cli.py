@@ -46,7 +46,7 @@ def tiny_beit_arch(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "beit_tiny_test"])
-@pytest.mark.parametrize("fmt", ["hf", "timm", "safetensors"])
+@pytest.mark.parametrize("fmt", ["hf", "timm", "timm-folder", "safetensors"])
 def test_convert_keeps_outputs_labels_and_preprocessing(tmp_path, photo, arch, fmt, tiny_beit_arch):
     torch.manual_seed(0)
     src = vitkit.load(arch=arch)
@@ -54,8 +54,9 @@ def test_convert_keeps_outputs_labels_and_preprocessing(tmp_path, photo, arch, f
         for p in src.net.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     original = src.save(tmp_path / "src.safetensors", format="safetensors")
-    out = tmp_path / ("out" if fmt == "hf" else "out.safetensors")
-    assert cli(["convert", str(original), "--to", fmt, "--out", str(out)]) == 0
+    out = tmp_path / ("out" if fmt in ("hf", "timm-folder") else "out.safetensors")
+    fmt_args = ["--to", "timm", "--arch", arch] if fmt == "timm-folder" else ["--to", fmt]
+    assert cli(["convert", str(original), *fmt_args, "--out", str(out)]) == 0
     again = vitkit.load(str(out), arch=arch if fmt == "timm" else None)
     pixels = src.preprocess(photo)
     assert torch.equal(again.preprocess(photo), pixels)

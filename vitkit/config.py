@@ -88,6 +88,9 @@ class ViTConfig:
         return self.width // self.heads
 
     def replace(self, **changes) -> "ViTConfig":
+        """A copy with `changes`; a new head size without new labels drops the old names."""
+        if changes.get("num_classes", self.num_classes) != self.num_classes and "labels" not in changes:
+            changes["labels"] = ()
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

@@ -86,46 +86,48 @@ def _weights_in(folder: Path) -> Path:
     raise CheckpointError(f"no weights file in {folder} (looked for {', '.join(WEIGHT_FILES + WEIGHT_GLOBS)})")
 
 
-def load_folder(folder: Path, arch: str | None = None, spec: PreprocessSpec | None = None,
+def load_folder(folder: Path, arch: str | None = None, fallback_spec: PreprocessSpec | None = None,
                 source: str | None = None, runtime: dict | None = None) -> Loaded:
+    """A transformers or timm folder. Preprocessing comes from the folder itself (vitkit's exact spec in
+    config.json, else preprocessor_config.json, else timm's pretrained_cfg); `fallback_spec` (a registry
+    row) is used only when the folder says nothing."""
     folder = Path(folder)
     source = source or str(folder)
     weights = _weights_in(folder)
     config_file = folder / "config.json"
     meta = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    if VITKIT_PREPROCESS in meta:
-        spec = PreprocessSpec.from_dict(meta[VITKIT_PREPROCESS])
+    spec = PreprocessSpec.from_dict(meta[VITKIT_PREPROCESS]) if VITKIT_PREPROCESS in meta else None
     if "model_type" in meta:  # transformers
         tensors = read_tensors(weights)
         pre_file = folder / "preprocessor_config.json"
         if spec is None and pre_file.is_file():
             spec = spec_from_hf(json.loads(pre_file.read_text()))
-        cfg = config_from_hf(meta, {k: tuple(v.shape) for k, v in tensors.items()}).replace(**(runtime or {}))
-        keymap = hf_keymap(cfg, hf_prefix(tensors))
+        spec = spec or fallback_spec
         if spec is None:
             raise CheckpointError(f"{folder} has no preprocessor_config.json: vitkit will not guess the "
                                   "normalization; add one or load with --arch NAME to use that architecture's")
+        cfg = config_from_hf(meta, {k: tuple(v.shape) for k, v in tensors.items()}).replace(**(runtime or {}))
+        keymap = hf_keymap(cfg, hf_prefix(tensors))
         return Loaded(_build(keymap.to_native(tensors, cfg), cfg, keymap.name), spec, source, "hf")
     if "architecture" in meta:  # timm hub folder
         arch = arch or meta["architecture"]
-        spec = spec or _spec_from_timm(meta.get("pretrained_cfg", {}), arch)
-        loaded = load_file(weights, arch, spec, source, runtime)
+        if spec is None and meta.get("pretrained_cfg"):
+            spec = _spec_from_timm(meta["pretrained_cfg"], arch)
+        loaded = load_file(weights, arch, spec or fallback_spec, source, runtime)
         label_names = meta.get("label_names") or meta.get("pretrained_cfg", {}).get("label_names")
         if label_names and len(label_names) == loaded.net.config.num_classes:
             loaded.net.config = loaded.net.config.replace(labels=tuple(label_names))
         return loaded
-    return load_file(weights, arch, spec, source, runtime)
+    return load_file(weights, arch, spec or fallback_spec, source, runtime)
 
 
 def _spec_from_timm(pretrained_cfg: dict, arch: str) -> PreprocessSpec:
     base = get_arch(arch).preprocess
-    if not pretrained_cfg:
-        return base
-    return PreprocessSpec.timm(
+    return PreprocessSpec(
         input_size=pretrained_cfg.get("input_size", (3, base.input_size, base.input_size))[-1],
-        crop_pct=pretrained_cfg.get("crop_pct", base.crop_pct),
+        crop_pct=pretrained_cfg.get("crop_pct", base.crop_pct), resize_mode="shortest",
         interpolation=pretrained_cfg.get("interpolation", base.interpolation),
-        mean=pretrained_cfg.get("mean", base.mean), std=pretrained_cfg.get("std", base.std),
+        mean=tuple(pretrained_cfg.get("mean", base.mean)), std=tuple(pretrained_cfg.get("std", base.std)),
     )
 
 
@@ -142,7 +144,7 @@ def load_file(path: Path, arch: str | None = None, spec: PreprocessSpec | None =
     source = source or str(path)
     meta = _vitkit_metadata(path)
     tensors = read_tensors(path)
-    if VITKIT_CONFIG in meta and arch is None:  # written by vitkit: config and preprocessing travel inside
+    if VITKIT_CONFIG in meta:  # written by vitkit: config and preprocessing travel inside (arch is only a name)
         cfg = ViTConfig.from_dict(json.loads(meta[VITKIT_CONFIG])).replace(**(runtime or {}))
         spec = spec or PreprocessSpec.from_dict(json.loads(meta[VITKIT_PREPROCESS]))
         return Loaded(_build(timm_keymap(cfg).to_native(tensors, cfg), cfg, "vitkit"), spec, source, "vitkit")

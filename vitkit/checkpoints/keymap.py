@@ -103,8 +103,8 @@ class KeyMap:
                     unclaimed.append(key)
         if unclaimed:
             raise CheckpointError(f"{self.name} layout: unexpected keys {short(unclaimed)}")
-        for (rule, native), found in parts.items():
-            missing = [rule.foreign[n] for n in range(len(rule.foreign)) if n not in found]
+        for (rule, native), (groups, found) in parts.items():
+            missing = [_t(rule.foreign[n]).fill(groups) for n in range(len(rule.foreign)) if n not in found]
             if missing:
                 raise CheckpointError(f"{self.name} layout: {native} needs {missing} too")
             out[native] = torch.cat([found[n] for n in range(len(rule.foreign))], dim=rule.dim)
@@ -122,7 +122,7 @@ class KeyMap:
                     groups = _t(foreign).match(key)
                     if groups is not None:
                         native = _t(rule.native).fill(groups)
-                        parts.setdefault((rule, native), {})[n] = rule.transform.to_native(value, cfg)
+                        parts.setdefault((rule, native), (groups, {}))[1][n] = rule.transform.to_native(value, cfg)
                         return True
         return False
 

@@ -100,7 +100,7 @@ def _t(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
 
 
 def _heads_in(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
-    return t.reshape(cfg.width, cfg.width).T  # (D, heads, hd) -> (heads*hd, D)
+    return t.flatten(1).T  # (D, heads, hd) -> (heads*hd, D); shapes come from the file, the strict load checks them
 
 
 def _heads_in_back(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
@@ -115,7 +115,7 @@ TRANSPOSE = Transform(_t, _t)
 CONV = Transform(lambda t, c: t.permute(3, 2, 0, 1), lambda t, c: t.permute(2, 3, 1, 0))  # (kh, kw, in, out)
 HEADS_IN = Transform(_heads_in, _heads_in_back)
 HEAD_BIAS = Transform(lambda t, c: t.reshape(-1), lambda t, c: t.reshape(c.heads, c.head_dim))
-HEADS_OUT = Transform(_heads_in, _heads_out_back)  # (heads, hd, D) -> (D, heads*hd) -> transposed
+HEADS_OUT = Transform(lambda t, c: t.flatten(0, 1).T, _heads_out_back)  # (heads, hd, D) -> (D, heads*hd)
 
 
 def _norm(foreign: str, native: str) -> tuple[Rename, Rename]:

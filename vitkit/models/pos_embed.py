@@ -20,8 +20,9 @@ def resample_abs_pos_embed(
 ) -> torch.Tensor:
     """(1, P + h*w, D) -> (1, P + H*W, D) by bicubic interpolation of the patch positions.
 
-    Matches timm's `resample_abs_pos_embed` (bicubic, antialias) and transformers' `interpolate_pos_encoding`
-    (bicubic, no antialias); the two agree whenever the grid grows. Source grids are assumed square.
+    antialias=True matches timm's `resample_abs_pos_embed`, False transformers' `interpolate_pos_encoding`.
+    They differ even when the grid grows (torch's antialiased bicubic uses another cubic kernel), so the
+    loader picks the one of the checkpoint's home library. Source grids are assumed square.
     """
     prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     side = int(round(patches.shape[1] ** 0.5))
