@@ -55,3 +55,20 @@ def randomise_(model: nn.Module, scale: float = 0.5, seed: int = 0) -> nn.Module
 def randomise():
     """The `randomise_(model, scale=0.5, seed=0)` helper, as a fixture."""
     return randomise_
+
+
+_REPORT: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def report():
+    """`report("...")`: a measured figure that belongs in the run's output (accuracy, agreement, speed);
+    the lines are printed in pytest's closing summary, even under -q."""
+    return _REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT:
+        terminalreporter.section("vitkit measurements")
+        for line in _REPORT:
+            terminalreporter.write_line(line)

@@ -101,7 +101,7 @@ def test_spec_is_the_deit_recipe(model):
     assert model.config.num_classes == 1000 and model.labels[0] == "tench"
 
 
-def test_logits_match_timm_reference(pixels, logits):
+def test_logits_match_timm_reference(pixels, logits, report):
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from reference_timm import create_reference, import_timm
@@ -117,19 +117,19 @@ def test_logits_match_timm_reference(pixels, logits):
     assert logits.shape == expected.shape == (100, 1000)
     diff = (logits - expected).abs().max().item()
     agree = (logits.argmax(-1) == expected.argmax(-1)).sum().item()
-    print(f"\nDeiT-Ti vs timm on 100 photos: max abs logit diff {diff:.3g}, top-1 agreement {agree}/100")
+    report(f"DeiT-Ti vs timm on 100 photos: max abs logit diff {diff:.3g}, top-1 agreement {agree}/100")
     assert agree == 100
     assert diff <= TOL
 
 
-def test_accuracy_on_labelled_photos(model, photos, images, pixels, logits):
+def test_accuracy_on_labelled_photos(model, photos, images, pixels, logits, report):
     top1, top5 = accuracy(logits, photos)
     # timm's current pretrained_cfg for deit_tiny_patch16_224: crop_pct 0.9 (resize 248 -> crop 224)
     spec_09 = dataclasses.replace(model.spec, crop_pct=0.9)
     assert spec_09.resize == 248
     top1_09, top5_09 = accuracy(model(preprocess_batch(images, spec_09)), photos)
-    print(f"\nDeiT-Ti on 100 ImageNet photos: crop_pct 0.875 (256->224) top-1 {top1:.0%} top-5 {top5:.0%}; "
-          f"crop_pct 0.9 (248->224) top-1 {top1_09:.0%} top-5 {top5_09:.0%}")
+    report(f"DeiT-Ti on 100 ImageNet photos: crop_pct 0.875 (256->224) top-1 {top1:.0%} top-5 {top5:.0%}; "
+           f"crop_pct 0.9 (248->224) top-1 {top1_09:.0%} top-5 {top5_09:.0%}")
     assert top1 > MIN_TOP1, f"top-1 {top1:.0%} with the DeiT recipe: not a working classifier"
     assert top5 >= top1
 
