@@ -22,6 +22,7 @@ from vitkit.data.decode import decode_image
 from vitkit.data.transforms import preprocess_batch
 
 ImageInput = Image.Image | str | Path | bytes
+POOLS = ("cls", "mean", "tokens", "prelogits")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,59 @@ class Model:
 
     def classify(self, images: ImageInput | list[ImageInput], top_k: int = 5) -> list[list[Prediction]]:
         return self.top_k(self(self.preprocess(images)), top_k)
+
+    @property
+    def default_pool(self) -> str:
+        """The checkpoint's own pooling without any pooler dense layer: 'mean' for BEiT, else 'cls'."""
+        return "mean" if self.config.pool == "mean" else "cls"
+
+    def embedding_shape(self, pool: str | None = None, layers: list[int] | None = None) -> tuple[int, ...]:
+        """Shape of one input's embedding: (D,), (T, D) for tokens, with a leading (L,) for several layers."""
+        pool = pool or self.default_pool
+        cfg = self.config
+        grid = self.spec.input_size // cfg.patch_size
+        one = {"tokens": (cfg.num_prefix_tokens + grid * grid, cfg.width),
+               "prelogits": (cfg.pre_logits_dim or cfg.width,)}.get(pool, (cfg.width,))
+        return one if layers is None else (len(layers), *one)
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor, pool: str | None = None, layers: list[int] | None = None,
+                     normalize: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) -> embeddings (B, *embedding_shape) as float32 on the CPU.
+
+        pool: 'cls' class token, 'mean' patch-token mean (then fc_norm where the model pools that way, as
+        BEiT), 'tokens' every token, 'prelogits' the head's input (includes a pooler layer when the
+        checkpoint has one: only trained in e.g. the ImageNet-21k backbone). Default: `default_pool`.
+        layers: block indices (negative from the end) -> the raw hidden states of those blocks (as
+        transformers' hidden_states), pooled the same way; default: the final, normed tokens.
+        normalize: L2-normalize each vector (each token for 'tokens')."""
+        pool = pool or self.default_pool
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}: choose {', '.join(POOLS)}")
+        if layers is not None and pool == "prelogits":
+            raise ValueError("'prelogits' pools the final layer only; use cls, mean or tokens with --layers")
+        pixels = pixels.to(self.device, non_blocking=True)
+        if layers is None:
+            out = self._pool(self.net.forward_features(pixels), pool, final=True)  # (B, ...)
+        else:
+            hidden = self.net.forward_intermediates(pixels, layers)  # [(B, T, D)] per layer
+            out = torch.stack([self._pool(h, pool, final=False) for h in hidden], dim=1)  # (B, L, ...)
+        out = out.float()
+        return torch.nn.functional.normalize(out, dim=-1).cpu() if normalize else out.cpu()
+
+    def _pool(self, tokens: torch.Tensor, pool: str, final: bool) -> torch.Tensor:
+        if pool == "tokens":
+            return tokens  # (B, T, D)
+        if pool == "cls":
+            return tokens[:, 0]  # (B, D)
+        if pool == "prelogits":
+            return self.net.forward_head(tokens, pre_logits=True)  # (B, D')
+        mean = tokens[:, self.config.num_prefix_tokens:].mean(dim=1)  # (B, D)
+        return self.net.fc_norm(mean) if final else mean
+
+    def embed(self, images: ImageInput | list[ImageInput], pool: str | None = None,
+              layers: list[int] | None = None, normalize: bool = True) -> torch.Tensor:
+        return self.embed_pixels(self.preprocess(images), pool, layers, normalize)
 
     def save(self, target: str | Path, format: str = "hf", arch: str | None = None) -> Path:
         return save(self.net, self.spec, format, target, arch)

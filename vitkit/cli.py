@@ -9,6 +9,9 @@ import argparse
 import json
 import sys
 
+from pathlib import Path
+
+from vitkit.api import POOLS
 from vitkit.checkpoints.io import CheckpointError
 from vitkit.checkpoints.save import FORMATS as SAVE_FORMATS
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
@@ -23,6 +26,21 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
 
 
+def _batch_args(parser: argparse.ArgumentParser) -> None:
+    """Inputs and the decode pipeline, shared by every command that runs over many images."""
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive), globs")
+    _model_args(parser)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="decode processes beside the model (0: inline)")
+    parser.add_argument("--chunk-size", type=int, default=256,
+                        help="inputs per resumable part of a job with --output (a multiple of --batch-size)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse larger images (decompression-bomb guard)")
+    parser.add_argument("--fast-decode", action="store_true",
+                        help="JPEG reduce-on-decode: much faster on large photos, slightly different pixels")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitkit", description="Vision Transformers: classify, convert, list.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,18 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="machine-readable output")
 
     classify = sub.add_parser("classify", help="top-k labels for images, folders (recursive) and globs")
-    classify.add_argument("paths", nargs="+", metavar="PATH")
-    _model_args(classify)
+    _batch_args(classify)
     classify.add_argument("--top-k", type=int, default=5)
-    classify.add_argument("--batch-size", type=int, default=16)
-    classify.add_argument("--workers", type=int, default=1, help="decode processes beside the model (0: inline)")
     classify.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
-    classify.add_argument("--output", "-o", help="write here (atomically) instead of stdout")
-    classify.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                          help="refuse larger images (decompression-bomb guard)")
-    classify.add_argument("--fast-decode", action="store_true",
-                          help="JPEG reduce-on-decode: much faster on large photos, slightly different pixels")
-    classify.add_argument("--no-progress", action="store_true")
+    classify.add_argument("--output", "-o", help="write here (atomically; a re-run resumes) instead of stdout")
+
+    embed = sub.add_parser("embed", help="embeddings of images into .npy, .safetensors or .parquet")
+    _batch_args(embed)
+    embed.add_argument("--pool", choices=POOLS, help="default: the checkpoint's own (mean for BEiT, else cls)")
+    embed.add_argument("--layers", type=_int_list, help="blocks to take (raw hidden states), e.g. -1,-4")
+    embed.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                       help="L2-normalize each vector (default on)")
+    embed.add_argument("--output", "-o", required=True, help="a .npy, .safetensors or .parquet file; a re-run resumes")
 
     convert = sub.add_parser("convert", help="write a model in another format (labels and preprocessing kept)")
     convert.add_argument("source", metavar="SRC", help="anything --model accepts")
@@ -56,6 +74,46 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("source", metavar="SRC")
     info.add_argument("--arch")
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected block indices like -1,-4, got {text!r}") from err
+
+
+def _load_for_batch(args):
+    """The model for a batch command, on this rank's device when started by torchrun."""
+    from vitkit.api import load
+    from vitkit.tasks import distributed
+
+    device = distributed.init_from_env(args.device) or args.device
+    if distributed.rank_and_world()[1] > 1 and not getattr(args, "output", None):
+        raise ValueError("under torchrun, give --output: each rank writes its part and rank 0 merges them")
+    if args.chunk_size % args.batch_size:
+        raise ValueError(f"--chunk-size {args.chunk_size} must be a multiple of --batch-size {args.batch_size}")
+    model = load(args.model, args.arch, image_size=args.image_size, device=device)
+    if args.model is None:
+        print(f"warning: {model.source}: outputs are meaningless", file=sys.stderr)
+    return model
+
+
+def _job_settings(args, model, **task) -> dict:
+    return {"model": model.source, "arch": args.arch, "input_size": model.spec.input_size, **task}
+
+
+def _run_job(args, model, settings: dict, process, merge) -> int:
+    from vitkit.data.sources import expand_inputs
+    from vitkit.tasks import job
+
+    work = job.Job(expand_inputs(args.paths), args.output, settings, args.chunk_size)
+    stats = job.run(work, model.spec, process, args.batch_size, args.workers, args.max_pixels, args.fast_decode,
+                    pin_memory=model.device.type == "cuda", progress=not args.no_progress)
+    if job.finish(work, merge):
+        print(f"wrote {args.output}: {stats.total} rows ({stats.already_done} from an earlier run, "
+              f"{stats.processed} now, {stats.errors} unreadable)", file=sys.stderr)
+    return 0
 
 
 def _cmd_models(args) -> int:
@@ -81,22 +139,42 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_classify(args) -> int:
-    from vitkit.api import load
     from vitkit.data.sources import expand_inputs
-    from vitkit.output import open_output, write_rows
-    from vitkit.tasks.classify import classify_paths
+    from vitkit.output import write_rows
+    from vitkit.tasks.classify import classify_fn, classify_paths
 
-    paths = expand_inputs(args.paths)
-    model = load(args.model, args.arch, image_size=args.image_size, device=args.device)
-    if model.layout == "vitkit" and args.model is None:
-        print(f"warning: {model.source}: predictions are meaningless", file=sys.stderr)
-    rows = classify_paths(model, paths, args.top_k, args.batch_size, args.workers, args.max_pixels,
-                          args.fast_decode, progress=not args.no_progress)
-    with open_output(args.output) as out:
-        count, errors = write_rows(rows, args.format, out, args.top_k)
+    model = _load_for_batch(args)
+    if args.output:  # a resumable job, merged into the file at the end
+        def merge(chunks, tmp):
+            with open(tmp, "w", newline="") as out:
+                write_rows((row for chunk in chunks for row in chunk.rows), args.format, out, args.top_k)
+
+        settings = _job_settings(args, model, task="classify", top_k=args.top_k, format=args.format)
+        return _run_job(args, model, settings, classify_fn(model, args.top_k), merge)
+    rows = classify_paths(model, expand_inputs(args.paths), args.top_k, args.batch_size, args.workers,
+                          args.max_pixels, args.fast_decode, progress=not args.no_progress)
+    count, errors = write_rows(rows, args.format, sys.stdout, args.top_k)
     if errors:
         print(f"{errors} of {count} inputs could not be classified (see their error field)", file=sys.stderr)
     return 0
+
+
+def _cmd_embed(args) -> int:
+    from vitkit.data.sources import expand_inputs
+    from vitkit.embedding_files import check_suffix, write_embeddings
+    from vitkit.tasks.embed import embed_fn
+
+    check_suffix(args.output)
+    model = _load_for_batch(args)
+    pool = args.pool or model.default_pool
+    shape = model.embedding_shape(pool, args.layers)
+    settings = _job_settings(args, model, task="embed", pool=pool, layers=args.layers, normalize=args.normalize)
+    count = len(expand_inputs(args.paths))
+
+    def merge(chunks, tmp):
+        write_embeddings(chunks, tmp, Path(args.output), count, shape, settings)
+
+    return _run_job(args, model, settings, embed_fn(model, pool, args.layers, args.normalize), merge)
 
 
 def _cmd_convert(args) -> int:
@@ -120,7 +198,8 @@ def _cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "convert": _cmd_convert, "info": _cmd_info}
+COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embed, "convert": _cmd_convert,
+            "info": _cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,5 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (a job with --output resumes where it stopped when run again)", file=sys.stderr)
         return 130
+    finally:
+        from vitkit.tasks import distributed
+
+        distributed.shutdown()

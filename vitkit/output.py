@@ -1,4 +1,4 @@
-"""Result rows -> table, JSONL or CSV, streamed to stdout or written atomically to a file.
+"""Result rows -> table, JSONL or CSV, written to a stream as they come.
 
 Try it:  python -m pytest tests/test_cli.py -q
 """
@@ -8,31 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
-from vitkit.checkpoints.io import atomic_path
+from collections.abc import Iterable
 
 FORMATS = ("table", "jsonl", "csv")
-
-
-@contextmanager
-def open_output(target: str | None) -> Iterator[io.TextIOBase]:
-    """stdout, or a file that appears only once complete (written beside it, then renamed)."""
-    if target is None or target == "-":
-        yield sys.stdout
-        return
-    final = Path(target)
-    tmp = atomic_path(final)
-    try:
-        with open(tmp, "w", newline="") as fh:
-            yield fh
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _table_line(row: dict) -> str:

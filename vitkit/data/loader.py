@@ -51,10 +51,14 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
 
 
 def iter_batches(paths: list[str], spec: PreprocessSpec, batch_size: int = 16, workers: int = 0,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False, pin_memory: bool = False
-                 ) -> Iterator[Batch]:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False, pin_memory: bool = False,
+                 plan: list[list[int]] | None = None) -> Iterator[Batch]:
+    """Batches over `paths` in order, or over an explicit `plan` (lists of positions in `paths`, e.g. the
+    unfinished chunks of a resumed job). Workers decode ahead while the caller runs the model; memory stays
+    bounded by `workers * prefetch` batches whatever the number of inputs."""
+    if plan is None:
+        plan = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
     dataset = ImageFiles(paths, spec, max_pixels, draft)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                        pin_memory=pin_memory, persistent_workers=False,
-                        prefetch_factor=4 if workers else None)
+    loader = DataLoader(dataset, batch_sampler=plan, num_workers=workers, collate_fn=_collate,
+                        pin_memory=pin_memory, prefetch_factor=4 if workers else None)
     yield from loader

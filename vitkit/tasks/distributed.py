@@ -1,0 +1,44 @@
+"""torch.distributed for batch jobs: `torchrun --nproc-per-node N -m vitkit embed ...` starts N processes;
+each joins the group from torchrun's environment (gloo on CPU, nccl on GPU) and takes its share of chunks.
+On several machines, run the same torchrun command on each with --nnodes, --node-rank and
+--rdzv-endpoint, with the inputs and the output folder on storage that every node sees.
+
+Try it:  torchrun --nproc-per-node 2 -m vitkit embed images/ --arch vit_tiny_patch16_224 -o emb.npy
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_from_env(device: str | None) -> torch.device | None:
+    """Join the process group torchrun describes; returns this rank's device (None when not distributed)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    cuda = torch.cuda.is_available() and (device or "auto") != "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
