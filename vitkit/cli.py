@@ -100,14 +100,23 @@ def _load_for_batch(args):
 
 
 def _job_settings(args, model, **task) -> dict:
-    return {"model": model.source, "arch": args.arch, "input_size": model.spec.input_size, **task}
+    source = str(Path(args.model).resolve()) if args.model and Path(args.model).exists() else model.source
+    return {"model": source, "arch": args.arch, "input_size": model.spec.input_size, **task}
+
+
+def _inputs(args) -> list[str]:
+    from vitkit.data.sources import expand_inputs
+
+    paths = expand_inputs(args.paths)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.paths)}")
+    return paths
 
 
 def _run_job(args, model, settings: dict, process, merge) -> int:
-    from vitkit.data.sources import expand_inputs
     from vitkit.tasks import job
 
-    work = job.Job(expand_inputs(args.paths), args.output, settings, args.chunk_size)
+    work = job.Job(_inputs(args), args.output, settings, args.chunk_size)
     stats = job.run(work, model.spec, process, args.batch_size, args.workers, args.max_pixels, args.fast_decode,
                     pin_memory=model.device.type == "cuda", progress=not args.no_progress)
     if job.finish(work, merge):
@@ -139,7 +148,6 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_classify(args) -> int:
-    from vitkit.data.sources import expand_inputs
     from vitkit.output import write_rows
     from vitkit.tasks.classify import classify_fn, classify_paths
 
@@ -151,7 +159,7 @@ def _cmd_classify(args) -> int:
 
         settings = _job_settings(args, model, task="classify", top_k=args.top_k, format=args.format)
         return _run_job(args, model, settings, classify_fn(model, args.top_k), merge)
-    rows = classify_paths(model, expand_inputs(args.paths), args.top_k, args.batch_size, args.workers,
+    rows = classify_paths(model, _inputs(args), args.top_k, args.batch_size, args.workers,
                           args.max_pixels, args.fast_decode, progress=not args.no_progress)
     count, errors = write_rows(rows, args.format, sys.stdout, args.top_k)
     if errors:
@@ -160,7 +168,6 @@ def _cmd_classify(args) -> int:
 
 
 def _cmd_embed(args) -> int:
-    from vitkit.data.sources import expand_inputs
     from vitkit.embedding_files import check_suffix, write_embeddings
     from vitkit.tasks.embed import embed_fn
 
@@ -169,7 +176,7 @@ def _cmd_embed(args) -> int:
     pool = args.pool or model.default_pool
     shape = model.embedding_shape(pool, args.layers)
     settings = _job_settings(args, model, task="embed", pool=pool, layers=args.layers, normalize=args.normalize)
-    count = len(expand_inputs(args.paths))
+    count = len(_inputs(args))
 
     def merge(chunks, tmp):
         write_embeddings(chunks, tmp, Path(args.output), count, shape, settings)
@@ -202,8 +209,19 @@ COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embe
             "info": _cmd_info}
 
 
+def _attach_negative_values(argv: list[str], options: tuple[str, ...] = ("--layers",)) -> list[str]:
+    """`--layers -1,-4` -> `--layers=-1,-4`: argparse would read '-1,-4' as an unknown option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in options and arg.startswith("-"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args)
     except (CheckpointError, FileNotFoundError, KeyError, ValueError, RuntimeError) as err:

@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: the process's umask, restored at once
 WRAPPER_KEYS = ("state_dict", "model", "module", "model_ema", "params")
 
 
@@ -97,6 +99,7 @@ def atomic_path(target: Path):
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; outputs get the usual permissions
     return Path(tmp)
 
 

@@ -70,51 +70,26 @@ class PackedLinear(nn.Module):
                 f"dtype={self.packed_weight.dtype}, activation={self.attr}")
 
 
-class DenseLinear(nn.Module):
-    """The same interface as `PackedLinear` on a plain weight (no oneDNN, or a GPU): F.linear + extras."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.float32,
-                 activation: str = "none", save_bias: bool = True):
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
-        self.activation = activation
-        self.save_bias = save_bias and bias is not None
-        self.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)
-        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype).clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        if self.activation == "gelu":
-            y = F.gelu(y)
-        return y if residual is None else y + residual
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.weight.detach().float()
-        if self.save_bias:
-            destination[prefix + "bias"] = self.bias.float()
-
-
-def fast_linear(linear: nn.Linear, dtype: torch.dtype, packed: bool, activation: str = "none",
+def packed_linear(linear: nn.Linear, dtype: torch.dtype, activation: str = "none",
                 scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                 save_bias: bool = True) -> nn.Module:
-    """`linear` -> PackedLinear (or DenseLinear), optionally folding a per-output `scale` (layer scale:
+    """`linear` -> PackedLinear, optionally folding a per-output `scale` (layer scale:
     gamma * (W x + b) = (gamma W) x + gamma b) and replacing its bias (BEiT's q, 0, v)."""
-    weight, bias = linear.weight.detach(), linear.bias if bias is None else bias
+    weight, bias = linear.weight.detach(), (linear.bias if bias is None else bias)
     bias = None if bias is None else bias.detach()
     if scale is not None:
         scale = scale.detach().float()
         weight = weight.float() * scale[:, None]
         bias = (bias.float() if bias is not None else torch.zeros_like(scale)) * scale
-    cls = PackedLinear if packed else DenseLinear
-    return cls(weight, bias, dtype, activation, save_bias)
+    return PackedLinear(weight, bias, dtype, activation, save_bias)
 
 
 class InferenceBlock(nn.Module):
     """A transformer block for inference: the same maths as `layers.Block` in eval mode, with every linear
-    layer fast (packed), GELU fused into fc1, layer scale folded into attn.proj / mlp.fc2, and the
+    layer packed, GELU fused into fc1, layer scale folded into attn.proj / mlp.fc2, and the
     residual adds fused into those two layers. Keeps the readable attention path for attention maps."""
 
-    def __init__(self, block: Block, dtype: torch.dtype, packed: bool):
+    def __init__(self, block: Block, dtype: torch.dtype):
         super().__init__()
         attn: Attention = block.attn
         self.heads, self.scale, self.fused = attn.heads, attn.scale, attn.fused
@@ -122,12 +97,12 @@ class InferenceBlock(nn.Module):
         gamma1 = block.ls1.gamma if isinstance(block.ls1, LayerScale) else None
         gamma2 = block.ls2.gamma if isinstance(block.ls2, LayerScale) else None
         qv_bias = hasattr(attn, "q_bias")
-        self.qkv = fast_linear(attn.qkv, dtype, packed, bias=attn._qkv_bias(), save_bias=not qv_bias)
+        self.qkv = packed_linear(attn.qkv, dtype, bias=attn._qkv_bias(), save_bias=not qv_bias)
         if qv_bias:  # keep the learned parameters' keys for state_dict (they are folded into qkv's bias)
             self.q_bias, self.v_bias = attn.q_bias, attn.v_bias
-        self.proj = fast_linear(attn.proj, dtype, packed, scale=gamma1)
-        self.fc1 = fast_linear(block.mlp.fc1, dtype, packed, activation="gelu")
-        self.fc2 = fast_linear(block.mlp.fc2, dtype, packed, scale=gamma2)
+        self.proj = packed_linear(attn.proj, dtype, scale=gamma1)
+        self.fc1 = packed_linear(block.mlp.fc1, dtype, activation="gelu")
+        self.fc2 = packed_linear(block.mlp.fc2, dtype, scale=gamma2)
         if gamma1 is not None:  # folded; kept as parameters so state_dict keeps its keys
             self.gamma1, self.gamma2 = gamma1, gamma2
         if hasattr(block, "rel_pos"):

@@ -34,6 +34,16 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def sum_over_ranks(counts: list[int]) -> list[int]:
+    """Element-wise sums of per-rank counts (every rank gets the totals)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return counts
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    totals = torch.tensor(counts, dtype=torch.int64, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -47,7 +47,7 @@ class Chunk:
 class Stats:
     total: int
     already_done: int  # inputs finished by an earlier run of the same job
-    processed: int  # inputs run now (by this rank)
+    processed: int  # inputs run now (all ranks together)
     errors: int  # of those, inputs that could not be read
 
 
@@ -142,6 +142,7 @@ def run(job: Job, spec, process: BatchFn, batch_size: int, workers: int, max_pix
             if sum(len(p.rows) for p in pending[chunk]) == len(job.chunk_range(chunk)):
                 job.write(chunk, _concat(pending.pop(chunk)))
             bar.update(size)
+    processed, errors = distributed.sum_over_ranks([processed, errors])
     return Stats(len(job.paths), already, processed, errors)
 
 

@@ -1,0 +1,197 @@
+"""Measure inference speed: model-only (random pixels, fixed shape) and end to end over a folder of images
+(decode + preprocess in loader workers + model), on any runtime backend / dtype.
+
+Every result is a flat dict: img_s, ms_p50, ms_p95 (per batch), peak_rss_mb, backend, dtype, batch_size,
+plus details. img_s is batch_size / median batch time, so one slow outlier does not move it.
+
+Try it:  python -c "import vitkit; from vitkit.tasks.bench import bench_model; \
+print(bench_model(vitkit.load(arch='deit_tiny_patch16_224'), batch_size=1))"
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from vitkit.data.sources import expand_inputs
+from vitkit.models.vit import VisionTransformer
+from vitkit.runtime import PreparedViT, prepare
+
+
+# -- memory ------------------------------------------------------------------------------------------
+def reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark (Linux: /proc/self/clear_refs "5"), so that the next
+    `peak_rss_mb()` covers only what follows. False where the OS does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB: VmHWM (honours `reset_peak_rss`), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+# -- a quiet machine ---------------------------------------------------------------------------------
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy ticks of the whole machine incl. steal, ticks of this process and its reaped children)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system [idle iowait] irq softirq steal
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return busy, sum(int(v) for v in own[11:15])  # utime stime cutime cstime
+
+
+def other_load(interval_s: float = 0.5) -> float | None:
+    """CPU cores kept busy by other processes (and the hypervisor's steal) over `interval_s`; None
+    where /proc is not readable."""
+    try:
+        busy0, own0 = _cpu_ticks()
+        time.sleep(interval_s)
+        busy1, own1 = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    return max(0.0, ((busy1 - busy0) - (own1 - own0)) / hz / interval_s)
+
+
+def wait_quiet(threshold_cores: float = 0.25, max_wait_s: float = 120.0, interval_s: float = 0.5) -> dict:
+    """Wait until other processes use less than `threshold_cores` (at most `max_wait_s`), so that timings are
+    not someone else's. -> {"waited_s", "other_load", "quiet"}; quiet False when it gave up waiting."""
+    start = time.perf_counter()
+    load = other_load(interval_s)
+    while load is not None and load > threshold_cores and time.perf_counter() - start < max_wait_s:
+        load = other_load(interval_s)
+    quiet = load is None or load <= threshold_cores
+    return {"waited_s": round(time.perf_counter() - start, 1), "other_load": load, "quiet": quiet}
+
+
+def _summary(times_s: list[float], batch_size: int) -> dict:
+    ms = sorted(t * 1000 for t in times_s)
+    p50 = statistics.median(ms)
+    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    return {"img_s": round(batch_size * 1000 / p50, 2), "ms_p50": round(p50, 2), "ms_p95": round(p95, 2),
+            "iters": len(ms)}
+
+
+def _network(model_or_net) -> tuple[VisionTransformer, object]:
+    """(the network, the owning vitkit Model or None)."""
+    if isinstance(model_or_net, torch.nn.Module):
+        return model_or_net, None
+    return model_or_net.net, model_or_net
+
+
+# -- model only --------------------------------------------------------------------------------------
+def bench_model(model_or_net, batch_size: int = 1, image_size: int | None = None, backend: str | None = "auto",
+                dtype: str | None = "auto", warmup: int = 3, iters: int = 20, device: str | None = None,
+                min_time_s: float = 0.0, seed: int = 0) -> dict:
+    """Model-only throughput of a vitkit `Model` or a network on a fixed random batch.
+
+    A plain network is first prepared (in place) for `backend` / `dtype`; backend=None measures it as it is
+    (the unoptimised reference). An already prepared network is measured as prepared. With backend
+    "compile" the first call compiles; its time is reported as compile_s and is not in the timings.
+    Runs `warmup` untimed batches then at least `iters` timed ones (and at least `min_time_s` seconds).
+    """
+    net, owner = _network(model_or_net)
+    reset_peak_rss()
+    start_prepare = time.perf_counter()
+    if backend is not None and not isinstance(net, PreparedViT):
+        device = device or (str(owner.device) if owner is not None else "cpu")
+        net = prepare(net, backend, dtype, device)
+        if owner is not None:
+            owner.net = net  # prepare works in place; keep the Model's handle consistent
+    prepare_s = time.perf_counter() - start_prepare
+    info = getattr(net, "runtime", None)
+    dev = torch.device(info.device) if info else next(net.parameters()).device
+    size = image_size or net.config.image_size
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(batch_size, net.config.in_chans, size, size, generator=gen)
+
+    def step():
+        with torch.inference_mode():
+            out = net(pixels.to(dev))
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        return out
+
+    first = time.perf_counter()
+    step()
+    first_s = time.perf_counter() - first
+    for _ in range(max(warmup - 1, 0)):
+        step()
+    times: list[float] = []
+    begin = time.perf_counter()
+    while len(times) < iters or time.perf_counter() - begin < min_time_s:
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    result = _summary(times, batch_size)
+    result.update(
+        peak_rss_mb=round(peak_rss_mb(), 1), backend=info.backend if info else "plain",
+        dtype=info.dtype if info else str(next(net.parameters()).dtype).replace("torch.", ""),
+        batch_size=batch_size, image_size=size, device=str(dev), threads=torch.get_num_threads(),
+        packed=bool(info and info.packed), prepare_s=round(prepare_s, 3), first_call_s=round(first_s, 3),
+        compile_s=round(info.compile_s, 2) if info and info.compile_s is not None else None,
+        model_params_m=round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
+    )
+    return result
+
+
+# -- end to end --------------------------------------------------------------------------------------
+def bench_end_to_end(model, folder: str | Path | list[str], batch_size: int = 16, workers: int = 2,
+                     draft: bool = False, repeat: int = 1, warmup_batches: int = 1) -> dict:
+    """Images/s of decode + preprocess (in `workers` loader processes) + model over a folder (or a list of
+    paths), as `vitkit classify` runs it. `model` is a vitkit `Model` (prepared or not). The first
+    `warmup_batches` model calls run on random pixels before the clock starts (compilation, allocator);
+    worker start-up is inside the measured time, as a user sees it. `repeat` > 1 feeds the list that many
+    times through one loader (a longer run on a small folder)."""
+    from vitkit.data.loader import iter_batches  # the loader owns the worker processes
+
+    paths = expand_inputs([str(folder)]) if isinstance(folder, (str, Path)) else list(folder)  # sorted
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder}")
+    net = model.net
+    info = getattr(net, "runtime", None)
+    size = model.spec.input_size
+    for _ in range(warmup_batches):
+        model(torch.randn(batch_size, net.config.in_chans, size, size))
+    gc.collect()
+    reset_peak_rss()
+    images = errors = 0
+    model_times: list[float] = []
+    begin = time.perf_counter()
+    for batch in iter_batches(paths * repeat, model.spec, batch_size, workers, draft=draft):
+        errors += len(batch.errors)
+        if batch.indices:
+            t = time.perf_counter()
+            model(batch.pixels)
+            model_times.append(time.perf_counter() - t)
+            images += len(batch.indices)
+    total = time.perf_counter() - begin
+    model_s = sum(model_times)
+    result = _summary(model_times, batch_size)
+    result.update(
+        img_s=round(images / total, 2), seconds=round(total, 3), images=images, errors=errors,
+        model_busy_img_s=round(images / model_s, 2) if model_s else None,
+        peak_rss_mb=round(peak_rss_mb(), 1), backend=info.backend if info else "plain",
+        dtype=info.dtype if info else "fp32", batch_size=batch_size, workers=workers, draft=draft,
+        image_size=size, threads=torch.get_num_threads(),
+    )
+    return result
