@@ -62,6 +62,45 @@ def _parser() -> argparse.ArgumentParser:
                        help="L2-normalize each vector (default on)")
     embed.add_argument("--output", "-o", required=True, help="a .npy, .safetensors or .parquet file; a re-run resumes")
 
+    finetune = sub.add_parser("finetune", help="fit a model to a labelled image folder or manifest")
+    finetune.add_argument("data", metavar="DATA", help="folder of class subfolders (optional train/ val/), "
+                          "or a CSV/JSONL manifest with path,label")
+    _model_args(finetune)
+    finetune.add_argument("--out", required=True, help="output folder: a transformers model folder plus logs")
+    finetune.add_argument("--recipe", choices=("linear-probe", "freeze", "full"), default="full")
+    finetune.add_argument("--freeze-blocks", type=int, default=0, help="with --recipe freeze: blocks kept fixed")
+    finetune.add_argument("--epochs", type=int, default=10)
+    finetune.add_argument("--batch-size", type=int, default=32, help="global batch (all ranks, all accumulation)")
+    finetune.add_argument("--grad-accum", type=int, default=1)
+    finetune.add_argument("--lr", type=float, default=1e-3)
+    finetune.add_argument("--min-lr", type=float, default=1e-6)
+    finetune.add_argument("--warmup-epochs", type=float, default=1.0)
+    finetune.add_argument("--weight-decay", type=float, default=0.05)
+    finetune.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise LR decay, e.g. 0.65")
+    finetune.add_argument("--label-smoothing", type=float, default=0.1)
+    finetune.add_argument("--drop-path", type=float, default=0.0)
+    finetune.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
+    finetune.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none")
+    finetune.add_argument("--grad-checkpointing", action="store_true")
+    finetune.add_argument("--ema", type=float, help="keep an exponential moving average, e.g. 0.9998")
+    finetune.add_argument("--augment", choices=("trivial", "rand", "none"), default="trivial")
+    finetune.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
+    finetune.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
+    finetune.add_argument("--val-split", type=float, default=0.1, help="when DATA has no val/ (0: none)")
+    finetune.add_argument("--patience", type=int, help="stop after this many epochs without a better val top-1")
+    finetune.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--workers", type=int, default=1)
+    finetune.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
+
+    evaluate = sub.add_parser("eval", help="top-1/top-5, per-class precision/recall, confusion matrix")
+    evaluate.add_argument("data", metavar="DATA", help="folder of class subfolders (its val/ if present)")
+    _model_args(evaluate)
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--workers", type=int, default=1)
+    evaluate.add_argument("--out", help="folder for report.json and confusion.png (default: beside nothing)")
+    evaluate.add_argument("--json", action="store_true", help="print the JSON report")
+
     convert = sub.add_parser("convert", help="write a model in another format (labels and preprocessing kept)")
     convert.add_argument("source", metavar="SRC", help="anything --model accepts")
     convert.add_argument("--arch", help="architecture for a weights file without config")
@@ -184,6 +223,33 @@ def _cmd_embed(args) -> int:
     return _run_job(args, model, settings, embed_fn(model, pool, args.layers, args.normalize), merge)
 
 
+def _cmd_finetune(args) -> int:
+    from vitkit.train.config import TrainConfig
+    from vitkit.train.trainer import Trainer
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    fields["val_split"] = fields["val_split"] or None
+    fields["clip_grad"] = fields["clip_grad"] or None
+    summary = Trainer(TrainConfig(**fields), resume=args.resume).fit()
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from vitkit.train.evaluate import evaluate_folder
+
+    report = evaluate_folder(args.data, args.model, args.arch, args.image_size, args.device, args.batch_size,
+                             args.workers, args.out)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['count']} images: top-1 {report['top1']:.2%}, top-5 {report['top5']:.2%}, "
+              f"loss {report['loss']:.4f}")
+        for name, m in report["per_class"].items():
+            print(f"  {name:<30} precision {m['precision']:.2f}  recall {m['recall']:.2f}  n={m['support']}")
+    return 0
+
+
 def _cmd_convert(args) -> int:
     from vitkit.api import load
 
@@ -205,8 +271,8 @@ def _cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embed, "convert": _cmd_convert,
-            "info": _cmd_info}
+COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embed, "finetune": _cmd_finetune,
+            "eval": _cmd_eval, "convert": _cmd_convert, "info": _cmd_info}
 
 
 def _attach_negative_values(argv: list[str], options: tuple[str, ...] = ("--layers",)) -> list[str]:

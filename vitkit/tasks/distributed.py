@@ -44,6 +44,16 @@ def sum_over_ranks(counts: list[int]) -> list[int]:
     return totals.tolist()
 
 
+def mean_over_ranks(value: float) -> float:
+    """The mean of a per-rank float (every rank gets it); the value itself when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -1,0 +1,81 @@
+"""Evaluate a classifier on labelled images: loss, top-1/top-5, per-class precision and recall, confusion
+matrix. Used after each training epoch and by `vitkit eval`.
+
+Try it:  vitkit eval DATA --model OUT_DIR --json
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from vitkit.models.vit import VisionTransformer
+from vitkit.train.datasets import LabelledImages
+
+
+@torch.no_grad()
+def evaluate(net: VisionTransformer, dataset: LabelledImages, labels: list[str], batch_size: int,
+             device: torch.device, workers: int = 0, amp: str = "none") -> dict:
+    was_training = net.training
+    net.eval()
+    num_classes = len(labels)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # (true, predicted)
+    loss_sum, top5_hits, count = 0.0, 0, 0
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else
+                torch.autocast(device.type, dtype=torch.float16) if amp == "fp16" else contextlib.nullcontext())
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    for pixels, targets in loader:
+        with autocast:
+            logits = net(pixels.to(device)).float().cpu()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        top = logits.topk(min(5, num_classes), dim=-1).indices  # (B, k)
+        top5_hits += (top == targets[:, None]).any(dim=-1).sum().item()
+        confusion.index_put_((targets, top[:, 0]), torch.ones(len(targets), dtype=torch.int64), accumulate=True)
+        count += len(targets)
+    net.train(was_training)
+    correct = confusion.diag()
+    predicted, actual = confusion.sum(dim=0), confusion.sum(dim=1)
+    per_class = {name: {"precision": (correct[i] / predicted[i]).item() if predicted[i] else 0.0,
+                        "recall": (correct[i] / actual[i]).item() if actual[i] else 0.0,
+                        "support": int(actual[i])} for i, name in enumerate(labels)}
+    return {"count": count, "loss": loss_sum / max(count, 1), "top1": correct.sum().item() / max(count, 1),
+            "top5": top5_hits / max(count, 1), "per_class": per_class, "confusion": confusion.tolist(),
+            "labels": list(labels)}
+
+
+def evaluate_folder(data: str, model: str | None, arch: str | None, image_size: int | None, device: str,
+                    batch_size: int, workers: int, out: str | None) -> dict:
+    """`vitkit eval`: the model's own preprocessing on DATA (its val/ split when it has one); class names
+    are matched by name, so DATA may hold a subset of the model's classes."""
+    import json
+    from pathlib import Path
+
+    from vitkit.api import load
+    from vitkit.checkpoints.io import write_atomic_text
+    from vitkit.train.augment import eval_transform
+    from vitkit.train.datasets import discover
+
+    loaded = load(model, arch, image_size=image_size, device=device)
+    splits = discover(data, val_split=None, seed=0)
+    items = splits.val or splits.train
+    index = {name: i for i, name in enumerate(loaded.labels)}
+    unknown = sorted(set(splits.labels) - set(index))
+    if unknown:
+        raise ValueError(f"classes in {data} that the model does not know: {', '.join(unknown[:10])}")
+    items = [(path, index[splits.labels[label]]) for path, label in items]
+    dataset = LabelledImages(items, eval_transform(loaded.spec), seed=0)
+    report = evaluate(loaded.net, dataset, list(loaded.labels), batch_size, loaded.device, workers)
+    report["per_class"] = {k: v for k, v in report["per_class"].items() if v["support"]}
+    report.update(model=loaded.source, data=str(data))
+    if out:
+        from vitkit.train.plots import plot_confusion
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_atomic_text(json.dumps(report, indent=2) + "\n", Path(out) / "report.json")
+        present = sorted({label for _, label in items})
+        matrix = [[report["confusion"][i][j] for j in present] for i in present]
+        plot_confusion(matrix, [loaded.labels[i] for i in present], Path(out) / "confusion.png")
+    return report

@@ -1,0 +1,312 @@
+"""Fine-tune a ViT-family model on a labelled image folder or manifest, exactly resumable and DDP-ready.
+
+Exactness: the order of samples is a pure function of (seed, epoch); augmentation is seeded per sample;
+the global RNG (drop path) is saved in every checkpoint; each global batch is the same set of samples
+whatever the number of ranks (rank r takes its slice of every global batch). So a run interrupted and
+resumed, and a run on N ranks, follow the same loss curve as one uninterrupted single-process run.
+
+Output: OUT is a transformers model folder (config.json with id2label, model.safetensors,
+preprocessor_config.json) holding the best model by validation top-1 (the last one without validation),
+plus log.jsonl, curves.png, train_config.json and checkpoints/last.pt (for --resume).
+
+Try it:  python -m pytest tests/test_finetune.py -q
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from vitkit.api import load as load_model, resolve_device
+from vitkit.checkpoints.convert import load_strict
+from vitkit.checkpoints.io import atomic_path, write_atomic_text
+from vitkit.checkpoints.save import save_hf
+from vitkit.models.vit import VisionTransformer
+from vitkit.tasks import distributed
+from vitkit.train.augment import eval_transform, mixup_cutmix, train_transform
+from vitkit.train.config import TrainConfig
+from vitkit.train.datasets import LabelledImages, discover, find_bad_images
+from vitkit.train.ema import EMA
+from vitkit.train.evaluate import evaluate
+from vitkit.train.optim import apply_recipe, build_optimizer
+from vitkit.train.schedule import lr_at, set_lr
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+@dataclass
+class State:
+    """Where a run is: the next optimizer step to take and what the run has learnt about itself."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_top1: float = -1.0
+    bad_epochs: int = 0
+    epoch_loss_sum: float = 0.0  # over the steps of the current epoch so far
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def build_network(cfg: TrainConfig, labels: list[str]):
+    """The base model with a new head for `labels` (and the run's drop path); returns (net, eval spec)."""
+    base = load_model(cfg.model, cfg.arch, image_size=cfg.image_size, device="cpu")
+    new_cfg = base.config.replace(num_classes=len(labels), labels=tuple(labels), drop_path=cfg.drop_path)
+    with torch.device("meta"):
+        net = VisionTransformer(new_cfg)
+    heads = ("head.", "head_dist.")
+    kept = {k: v for k, v in base.net.state_dict().items() if not k.startswith(heads)}
+    torch.manual_seed(cfg.seed)
+    for name in ("head", "head_dist"):
+        if hasattr(net, name):
+            layer = torch.nn.Linear(new_cfg.pre_logits_dim or new_cfg.width, len(labels))
+            torch.nn.init.trunc_normal_(layer.weight, std=0.02)
+            torch.nn.init.zeros_(layer.bias)
+            kept[f"{name}.weight"], kept[f"{name}.bias"] = layer.weight.detach(), layer.bias.detach()
+    load_strict(net, kept, base.layout)
+    return net.float(), base.spec
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.device = distributed.init_from_env(cfg.device) or resolve_device(cfg.device)
+        self.rank, self.world = distributed.rank_and_world()
+        per_step = cfg.batch_size // (self.world * cfg.grad_accum)
+        if per_step * self.world * cfg.grad_accum != cfg.batch_size:
+            raise ValueError(f"--batch-size {cfg.batch_size} must divide by ranks x --grad-accum "
+                             f"({self.world} x {cfg.grad_accum})")
+        self.micro = per_step
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("--amp fp16 needs a CUDA GPU (it relies on loss scaling); use --amp bf16 on CPU")
+        splits = discover(cfg.data, cfg.val_split, cfg.seed)
+        self.labels = splits.labels
+        self.net, self.spec = build_network(cfg, self.labels)
+        apply_recipe(self.net, cfg.recipe, cfg.freeze_blocks)
+        self.net.grad_checkpointing = cfg.grad_checkpointing
+        self.net.to(self.device)
+        aug = None if cfg.augment == "none" else cfg.augment
+        self.train_set = LabelledImages(splits.train, train_transform(self.spec, auto_augment=aug), cfg.seed)
+        self.val_set = _val_set(splits.val, self.spec, cfg.seed)
+        self.steps_per_epoch = len(splits.train) // cfg.batch_size
+        if not self.steps_per_epoch:
+            raise ValueError(f"{len(splits.train)} training images are fewer than one batch of {cfg.batch_size}")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.optimizer = build_optimizer(self.net, cfg.lr, cfg.weight_decay, cfg.layer_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        self.ema = EMA(self.net, cfg.ema) if cfg.ema else None
+        self.model = (DistributedDataParallel(self.net) if self.world > 1 else self.net)
+        self.state = State()
+        torch.manual_seed(cfg.seed)
+        if resume:
+            self._load_checkpoint()
+        elif self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_atomic_text(json.dumps(cfg.to_dict(), indent=2) + "\n", self.out / "train_config.json")
+            (self.out / "log.jsonl").write_text("")
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, state = self.cfg, self.state
+        summary = {}
+        while state.epoch < cfg.epochs:
+            train_loss = self._train_epoch()
+            summary = {"kind": "epoch", "epoch": state.epoch, "step": state.global_step, "train_loss": train_loss}
+            if self.val_set is not None:
+                metrics = evaluate(self._eval_net(), self.val_set, self.labels, self.micro * 2, self.device,
+                                   cfg.workers, self.cfg.amp)
+                summary.update(val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"])
+                improved = metrics["top1"] > state.best_top1
+                state.best_top1 = max(state.best_top1, metrics["top1"])
+                state.bad_epochs = 0 if improved else state.bad_epochs + 1
+            else:
+                improved = True
+            if improved:
+                self._save_model()
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            self._log(summary)
+            self._save_checkpoint()
+            if cfg.patience is not None and state.bad_epochs >= cfg.patience:
+                self._log({"kind": "stop", "epoch": state.epoch, "reason": f"no better val top-1 in {cfg.patience} epochs"})
+                break
+        if self.rank == 0:
+            from vitkit.train.plots import plot_curves
+
+            plot_curves(self.out / "log.jsonl", self.out / "curves.png")
+        distributed.barrier()
+        return summary
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        """This rank's micro-batches for the rest of the epoch: global batch b is order[b*B:(b+1)*B]; rank r
+        takes its contiguous slice of it, cut into `grad_accum` micro-batches."""
+        order = epoch_order(len(self.train_set), self.cfg.seed, epoch)
+        B, per_rank = self.cfg.batch_size, self.cfg.batch_size // self.world
+        plan = []
+        for step in range(self.state.step_in_epoch, self.steps_per_epoch):
+            mine = order[step * B + self.rank * per_rank: step * B + (self.rank + 1) * per_rank]
+            plan += [mine[i:i + self.micro] for i in range(0, per_rank, self.micro)]
+        return plan
+
+    def _train_epoch(self) -> float:
+        cfg, state = self.cfg, self.state
+        self.train_set.set_epoch(state.epoch)
+        loader = DataLoader(self.train_set, batch_sampler=self._batches(state.epoch), num_workers=cfg.workers,
+                            pin_memory=self.device.type == "cuda")
+        self.model.train()
+        seen, start = 0, time.perf_counter()
+        remaining = self.steps_per_epoch - state.step_in_epoch
+        bar = tqdm(total=remaining, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="step", file=sys.stderr,
+                   disable=self.rank != 0, dynamic_ncols=True, leave=False)
+        micro_batches = iter(loader)
+        for _ in range(remaining):
+            set_lr(self.optimizer, lr_at(state.global_step, cfg.lr, self.warmup_steps, self.total_steps, cfg.min_lr))
+            loss = self._step([next(micro_batches) for _ in range(cfg.grad_accum)])
+            state.epoch_loss_sum += loss
+            seen += cfg.batch_size
+            state.global_step, state.step_in_epoch = state.global_step + 1, state.step_in_epoch + 1
+            img_s = seen / (time.perf_counter() - start)
+            self._log({"kind": "step", "epoch": state.epoch, "step": state.global_step, "loss": loss,
+                       "lr": self.optimizer.param_groups[-1]["lr"], "img_s": round(img_s, 2)})
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.1f}")
+            bar.update(1)
+            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0 \
+                    and state.step_in_epoch < self.steps_per_epoch:
+                self._save_checkpoint()
+        bar.close()
+        mean, state.epoch_loss_sum = state.epoch_loss_sum / self.steps_per_epoch, 0.0
+        return mean
+
+    def _step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """One optimizer step over `grad_accum` micro-batches; returns the global batch's mean loss."""
+        cfg, total = self.cfg, torch.zeros((), dtype=torch.float64)
+        for i, (pixels, targets) in enumerate(micro_batches):
+            pixels = pixels.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            soft = self._soft_targets(pixels, targets, i)
+            last = i == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.model.no_sync()
+            with sync, self._autocast():
+                logits = self.model(soft[0] if soft else pixels)
+                loss = (_soft_cross_entropy(logits.float(), soft[1]) if soft else
+                        F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing))
+                scaled = loss / cfg.grad_accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += scaled.detach().double().cpu()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], cfg.clip_grad)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update(self.net)
+        return distributed.mean_over_ranks(float(total))
+
+    def _soft_targets(self, pixels, targets, micro: int):
+        """Mixup/cutmix pairs samples within this rank's micro-batch: with it on, a DDP run is a valid
+        run but not bit-identical to a single-process one (without it, it is)."""
+        cfg = self.cfg
+        if not (cfg.mixup or cfg.cutmix):
+            return None
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.state.global_step * 131 + micro
+                                                  + self.rank * 7919)
+        return mixup_cutmix(pixels, targets, len(self.labels), cfg.mixup, cfg.cutmix, 1.0, 0.5,
+                            cfg.label_smoothing, generator)
+
+    def _autocast(self):
+        if self.cfg.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _eval_net(self) -> VisionTransformer:
+        return self.ema.net if self.ema else self.net
+
+    # -- files ------------------------------------------------------------------------------------------
+    def _log(self, row: dict) -> None:
+        if self.rank == 0:
+            with open(self.out / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    def _save_model(self) -> None:
+        if self.rank == 0:
+            save_hf(self._eval_net(), self.spec, self.out)
+
+    def _save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        target = self.out / CHECKPOINT
+        tmp = atomic_path(target)
+        torch.save({"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler else None,
+                    "ema": self.ema.state_dict() if self.ema else None, "state": vars(self.state).copy(),
+                    "rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "labels": self.labels}, tmp)
+        os.replace(tmp, target)
+
+    def _load_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            raise FileNotFoundError(f"nothing to resume: no {path} (start without --resume)")
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        changed = sorted(k for k, v in saved["config"].items() if k not in TrainConfig.RESUMABLE_CHANGES
+                         and self.cfg.to_dict().get(k) != v)
+        if changed:
+            raise ValueError(f"--resume with other settings than the interrupted run: {', '.join(changed)}")
+        if saved["labels"] != self.labels:
+            raise ValueError("--resume over a dataset with other classes than the interrupted run")
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler and saved["scaler"]:
+            self.scaler.load_state_dict(saved["scaler"])
+        if self.ema and saved["ema"]:
+            self.ema.load_state_dict(saved["ema"])
+        self.state = State(**saved["state"])
+        torch.set_rng_state(saved["rng"])
+        if self.rank == 0:
+            _truncate_log(self.out / "log.jsonl", self.state.global_step, self.state.epoch)
+
+
+def _val_set(items: list[tuple[str, int]], spec, seed: int) -> LabelledImages | None:
+    """Validation images that cannot be read are left out (with a warning), never substituted: a
+    substitute would be counted twice."""
+    bad = find_bad_images(items)
+    if bad:
+        print(f"warning: {len(bad)} validation images left out, e.g. {next(iter(bad.items()))}", file=sys.stderr)
+    kept = [item for item in items if item[0] not in bad]
+    return LabelledImages(kept, eval_transform(spec), seed, on_error="raise") if kept else None
+
+
+def _soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def _truncate_log(log: Path, step: int, epoch: int) -> None:
+    """Drops what an interrupted run logged after its last checkpoint, so the log reads as one run."""
+    if not log.is_file():
+        return
+    kept = []
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        if (row["kind"] == "step" and row["step"] <= step) or (row["kind"] != "step" and row["epoch"] < epoch):
+            kept.append(line)
+    write_atomic_text("".join(line + "\n" for line in kept), log)
