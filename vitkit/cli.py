@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--grad-checkpointing", action="store_true")
     finetune.add_argument("--ema", type=float, help="keep an exponential moving average, e.g. 0.9998")
     finetune.add_argument("--augment", choices=("trivial", "rand", "none"), default="trivial")
+    finetune.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (0 for digits, text)")
+    finetune.add_argument("--crop-scale", type=float, default=0.08,
+                          help="smallest area fraction of the random resized crop (1: whole image)")
     finetune.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     finetune.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
     finetune.add_argument("--val-split", type=float, default=0.1, help="when DATA has no val/ (0: none)")

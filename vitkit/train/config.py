@@ -34,6 +34,8 @@ class TrainConfig:
     grad_checkpointing: bool = False
     ema: float | None = None
     augment: Literal["trivial", "rand", "none"] = "trivial"
+    hflip: float = 0.5  # probability of a horizontal flip (0 for digits, text, ...)
+    crop_scale: float = 0.08  # smallest area fraction of the random resized crop (1: no crop)
     mixup: float = 0.0
     cutmix: float = 0.0
     val_split: float | None = 0.1  # used when DATA has no val/ split
@@ -47,4 +49,4 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     # settings that may differ on resume: where and how fast, not what is computed
-    RESUMABLE_CHANGES = ("workers", "device", "epochs", "patience", "checkpoint_every")
+    RESUMABLE_CHANGES = ("workers", "device", "patience", "checkpoint_every")

@@ -101,7 +101,8 @@ class Trainer:
         self.net.grad_checkpointing = cfg.grad_checkpointing
         self.net.to(self.device)
         aug = None if cfg.augment == "none" else cfg.augment
-        self.train_set = LabelledImages(splits.train, train_transform(self.spec, auto_augment=aug), cfg.seed)
+        transform = train_transform(self.spec, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, auto_augment=aug)
+        self.train_set = LabelledImages(splits.train, transform, cfg.seed)
         self.val_set = _val_set(splits.val, self.spec, cfg.seed)
         self.steps_per_epoch = len(splits.train) // cfg.batch_size
         if not self.steps_per_epoch:
