@@ -29,8 +29,9 @@ demo: $(VENV)/.core
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -q
 
+# side-by-side against transformers / timm / onnxruntime; about 12 minutes (BENCH_ARGS=--quick for less)
 bench: $(VENV)/.test
-	$(BIN)/python -m pytest -q tests/test_real_weights.py -s
+	$(BIN)/python benchmarks/compare.py --model vit_base_patch16_224 --batch-sizes 1 16 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -9,9 +9,11 @@ Modes (--modes, default all three):
           the same vitkit weights through `save_hf`), timm (through the tests' torchvision stand-in),
           onnxruntime fp32 (a quick torch.onnx export of the vitkit network), vitkit unprepared, vitkit
           default (eager fp32, packed linears), vitkit bf16, and (without --quick) vitkit torch.compile fp32/bf16.
-          The table: img/s (median), ms per batch p50/p95, RSS added by building + first runs of that runtime,
-          speed-up over transformers-sdpa fp32 (median of per-round ratios), max abs logit difference from
-          the unprepared vitkit fp32 network.
+          The table: img/s (median), ms per batch p50/p95, RSS added by building + first runs of that runtime
+          (in-process, indicative only: freed memory is reused), speed-up over transformers-sdpa fp32 (median
+          of per-round ratios), max abs logit difference from the unprepared vitkit fp32 network. Then peak RSS
+          of transformers and each vitkit path, each in a fresh process (benchmarks/memory.py). Compile times
+          are cold (inductor's on-disk cache off) unless --compile-cache.
   e2e     decode + preprocess (2 loader workers) + model over ../shared/images, batch 16, vs model-only
           img/s at the same batch size (target >= 85%), for the default and the bf16 path.
   decode  20 generated 12-megapixel JPEGs: end-to-end img/s with and without JPEG draft decoding, and the
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import gc
 import json
 import math
@@ -158,9 +159,12 @@ def vitkit_runtime(net, backend: str | None, dtype: str | None, warmup_batch: in
     return prepared, note
 
 
-def time_runtimes(runtimes: list[Runtime], x: torch.Tensor, bs: int, rounds: int, iters: int, log) -> None:
+def time_runtimes(runtimes: list[Runtime], x: torch.Tensor, bs: int, rounds: int, iters: int, log) -> int:
+    """Interleaved timing rounds; -> how many rounds started on a machine that never became quiet."""
+    contended = 0
     for r in range(rounds):
         quiet = wait_quiet()
+        contended += not quiet["quiet"]
         log(f"  batch {bs} round {r + 1}/{rounds}: other load {quiet['other_load']}, waited {quiet['waited_s']} s"
             + ("" if quiet["quiet"] else "  (NOT QUIET: timings of this round are contended)"))
         for rt in runtimes:
@@ -172,12 +176,14 @@ def time_runtimes(runtimes: list[Runtime], x: torch.Tensor, bs: int, rounds: int
                     times.append(time.perf_counter() - t)
             rt.times.setdefault(bs, []).extend(times)
             rt.rounds.setdefault(bs, []).append(statistics.median(times))
+    return contended
 
 
 def table(runtimes: list[Runtime], bs: int, baseline: str) -> tuple[str, list[dict]]:
     base = next((rt for rt in runtimes if rt.name == baseline), None)
     rows, lines = [], [
-        f"| runtime (batch {bs}) | img/s | ms p50 | ms p95 | RSS added MB | x {baseline} | max abs diff | notes |",
+        f"| runtime (batch {bs}) | img/s | ms p50 | ms p95 | RSS added MB (in-process) | x {baseline} "
+        "| max abs diff | notes |",
         "|---|---:|---:|---:|---:|---:|---:|---|"]
     for rt in runtimes:
         ms = sorted(t * 1000 for t in rt.times[bs])
@@ -231,8 +237,11 @@ def model_mode(args, log) -> list[dict]:
             with torch.inference_mode():
                 rt.diff[bs] = float((rt.fn(inputs[bs]).float() - refs[bs]).abs().max())
         iters = args.iters or max(1, round(8 / bs))
-        time_runtimes(per_batch[bs], inputs[bs], bs, args.rounds, iters, log)
+        contended = time_runtimes(per_batch[bs], inputs[bs], bs, args.rounds, iters, log)
         md, rows = table(per_batch[bs], bs, "transformers-sdpa fp32")
+        if contended:
+            md += (f"\n\nWARNING: {contended} of {args.rounds} rounds ran while other processes kept the CPU busy: "
+                   "these numbers are not representative; run again on a quiet machine.")
         results += rows
         text.append(md)
     log("")
@@ -242,6 +251,14 @@ def model_mode(args, log) -> list[dict]:
         log("")
     for s in skipped:
         log(f"not measured: {s}")
+    if not args.no_memory:
+        import importlib.util
+
+        spec_ = importlib.util.spec_from_file_location("vitkit_bench_memory", Path(__file__).with_name("memory.py"))
+        memory = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(memory)
+        for row in memory.measure(args.model, args.batch_sizes, log=log):
+            results.append(dict(mode="memory", **row))
     return results
 
 
@@ -367,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--modes", nargs="+", default=["model", "e2e", "decode"], choices=["model", "e2e", "decode"])
     parser.add_argument("--quick", action="store_true", help="no torch.compile runtimes, fewer rounds")
+    parser.add_argument("--compile-cache", action="store_true",
+                        help="let inductor reuse its on-disk cache (default: off, so compile times are cold)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak RSS table")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5, --quick 2)")
     parser.add_argument("--iters", type=int, default=0, help="timed batches per runtime per round (default 8/bs)")
     parser.add_argument("--images", default=str(IMAGES))
@@ -384,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 native: "
         f"{vitkit.runtime.cpu_bf16_native()}, AMX: {getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()}")
+    if not args.compile_cache:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = False
+        inductor_config.autotune_local_cache = False
     results = []
     for mode in args.modes:
         results += {"model": model_mode, "e2e": e2e_mode, "decode": decode_mode}[mode](args, log)

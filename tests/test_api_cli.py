@@ -133,3 +133,33 @@ def test_registry_rows_are_consistent():
     for name, model in MODELS.items():
         assert model.arch in ARCHS, name
         assert model.layout in ("hf", "timm")
+
+
+def test_bench_json_is_the_last_line_with_the_documented_keys(capsys):
+    assert cli(["bench", "--arch", "vit_tiny_patch16_224", "--image-size", "64", "--warmup", "1", "--iters", "2",
+                "--batch-size", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"img_s", "ms_p50", "ms_p95", "peak_rss_mb", "backend", "dtype", "batch_size"} <= set(result)
+    assert result["img_s"] > 0 and result["ms_p95"] >= result["ms_p50"] and result["batch_size"] == 2
+    assert result["backend"] == "eager" and result["dtype"] == "fp32"
+
+
+def test_bench_end_to_end_over_a_folder(capsys, tmp_path, photo):
+    for i in range(4):
+        photo.save(tmp_path / f"{i}.jpg")
+    assert cli(["bench", "--arch", "vit_tiny_patch16_224", "--image-size", "64", "--e2e", str(tmp_path),
+                "--workers", "0", "--batch-size", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == 4 and result["img_s"] > 0
+
+
+def test_runtime_flags_reach_the_model(tmp_path, photo, capsys):
+    photo.save(tmp_path / "a.jpg")
+    torch.manual_seed(0)
+    plain = vitkit.load(arch="vit_tiny_patch16_224")
+    torch.manual_seed(0)
+    fast = vitkit.load(arch="vit_tiny_patch16_224", backend="eager", dtype="fp32")
+    pixels = plain.preprocess(photo)
+    assert fast.net.runtime.packed and (fast(pixels) - plain(pixels)).abs().max() < 1e-4
+    assert cli(["bench", "--arch", "vit_tiny_patch16_224", "--backend", "onnx"]) == 2
+    assert "ONNX backend arrives" in capsys.readouterr().err

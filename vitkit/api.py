@@ -48,9 +48,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 class Model:
     """A loaded network with its preprocessing, on one device, in inference mode."""
 
-    def __init__(self, loaded: Loaded, device: str | None = "cpu", image_size: int | None = None):
+    def __init__(self, loaded: Loaded, device: str | None = "cpu", image_size: int | None = None,
+                 backend: str | None = None, dtype: str | None = None):
         self.device = resolve_device(device)
         self.net = loaded.net.to(self.device).eval()
+        if backend or dtype:  # a fast inference network (vitkit.runtime); the plain one stays trainable
+            from vitkit.runtime import prepare
+
+            self.net = prepare(self.net, backend or "auto", dtype or "auto", self.device)
         self.spec: PreprocessSpec = loaded.preprocess.at_size(image_size or loaded.preprocess.input_size)
         self.source = loaded.source
         self.layout = loaded.layout
@@ -143,7 +148,10 @@ class Model:
 
 
 def load(model: str | None = None, arch: str | None = None, *, image_size: int | None = None,
-         device: str | None = "cpu", **runtime) -> Model:
+         device: str | None = "cpu", backend: str | None = None, dtype: str | None = None, **runtime) -> Model:
     """Load a registry name, hub id, local folder or weights file (with `arch` when it carries no
-    config; `arch` alone gives random weights). `image_size` runs the model at another resolution."""
-    return Model(load_network(model, arch, **runtime), device=device, image_size=image_size)
+    config; `arch` alone gives random weights). `image_size` runs the model at another resolution.
+    backend/dtype ("auto", "eager", "compile"; "fp32", "bf16", "fp16") give a fast inference-only
+    network (see vitkit.runtime); without them the network is the plain, trainable one."""
+    loaded = load_network(model, arch, **runtime)
+    return Model(loaded, device=device, image_size=image_size, backend=backend, dtype=dtype)

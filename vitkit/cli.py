@@ -16,6 +16,7 @@ from vitkit.checkpoints.io import CheckpointError
 from vitkit.checkpoints.save import FORMATS as SAVE_FORMATS
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.output import FORMATS as OUTPUT_FORMATS
+from vitkit.runtime import BACKENDS, DTYPES
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -26,10 +27,19 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
 
 
+def _runtime_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="eager (oneDNN-packed kernels; default), compile (torch.compile, slow start), onnx")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="fp32 (default on CPU: exact), bf16 (several times faster on CPUs with bf16/AMX, "
+                             "~99-100%% top-1 agreement), fp16 (GPU)")
+
+
 def _batch_args(parser: argparse.ArgumentParser) -> None:
     """Inputs and the decode pipeline, shared by every command that runs over many images."""
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive), globs")
     _model_args(parser)
+    _runtime_args(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="decode processes beside the model (0: inline)")
     parser.add_argument("--chunk-size", type=int, default=256,
@@ -61,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                        help="L2-normalize each vector (default on)")
     embed.add_argument("--output", "-o", required=True, help="a .npy, .safetensors or .parquet file; a re-run resumes")
+
+    bench = sub.add_parser("bench", help="model-only or end-to-end speed: img/s, ms p50/p95, peak RSS")
+    _model_args(bench)
+    _runtime_args(bench)
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--iters", type=int, default=20)
+    bench.add_argument("--e2e", metavar="FOLDER", help="end to end over these images: decode + preprocess + model")
+    bench.add_argument("--workers", type=int, default=2, help="with --e2e: decode processes")
+    bench.add_argument("--fast-decode", action="store_true", help="with --e2e: JPEG reduce-on-decode")
+    bench.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
 
     finetune = sub.add_parser("finetune", help="fit a model to a labelled image folder or manifest")
     finetune.add_argument("data", metavar="DATA", help="folder of class subfolders (optional train/ val/), "
@@ -135,7 +156,8 @@ def _load_for_batch(args):
         raise ValueError("under torchrun, give --output: each rank writes its part and rank 0 merges them")
     if args.chunk_size % args.batch_size:
         raise ValueError(f"--chunk-size {args.chunk_size} must be a multiple of --batch-size {args.batch_size}")
-    model = load(args.model, args.arch, image_size=args.image_size, device=device)
+    model = load(args.model, args.arch, image_size=args.image_size, device=device, backend=args.backend,
+                 dtype=args.dtype)
     if args.model is None:
         print(f"warning: {model.source}: outputs are meaningless", file=sys.stderr)
     return model
@@ -226,6 +248,26 @@ def _cmd_embed(args) -> int:
     return _run_job(args, model, settings, embed_fn(model, pool, args.layers, args.normalize), merge)
 
 
+def _cmd_bench(args) -> int:
+    from vitkit.api import load
+    from vitkit.tasks.bench import bench_end_to_end, bench_model
+
+    model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
+                 dtype=args.dtype)
+    if args.e2e:
+        result = bench_end_to_end(model, args.e2e, args.batch_size, args.workers, draft=args.fast_decode)
+    else:
+        result = bench_model(model, args.batch_size, backend=None, warmup=args.warmup, iters=args.iters)
+    result["model"] = model.source
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{model.source}: {result['img_s']:.1f} img/s, {result['ms_p50']:.1f} ms p50, {result['ms_p95']:.1f} ms "
+              f"p95 per batch of {result['batch_size']}, peak RSS {result['peak_rss_mb']:.0f} MB "
+              f"({result['backend']} {result['dtype']})")
+    return 0
+
+
 def _cmd_finetune(args) -> int:
     from vitkit.train.config import TrainConfig
     from vitkit.train.trainer import Trainer
@@ -274,7 +316,8 @@ def _cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embed, "finetune": _cmd_finetune,
+COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embed, "bench": _cmd_bench,
+            "finetune": _cmd_finetune,
             "eval": _cmd_eval, "convert": _cmd_convert, "info": _cmd_info}
 
 
@@ -293,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args)
-    except (CheckpointError, FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError, RuntimeError, NotImplementedError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"vitkit {args.command}: error: {message}", file=sys.stderr)
         return 2

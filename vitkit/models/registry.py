@@ -62,6 +62,12 @@ ARCHS: dict[str, Arch] = {
     "beit_base_patch16_224": _beit("B/16"),
     "beit_base_patch16_384": _vit("B/16@384", TIMM_AUGREG_FULL, **BEIT_FIELDS),
     "beit_large_patch16_224": _beit("L/16"),
+    # vitkit's own demo model (examples/train_digits.py): 8x8 digits upscaled to 32 px, one token per source pixel
+    "vitkit_digits_patch4_32": Arch(
+        ViTConfig(image_size=32, patch_size=4, width=64, depth=6, heads=4, mlp_dim=128, num_classes=10,
+                  labels=tuple("0123456789")),
+        PreprocessSpec(input_size=32, crop_pct=1.0, resize_mode="exact", interpolation="bilinear", mean=HALF,
+                       std=HALF)),
 }
 
 

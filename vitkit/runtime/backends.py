@@ -28,8 +28,8 @@ print(net.runtime, net(torch.rand(1, 3, 224, 224)).shape)"
 
 from __future__ import annotations
 
-import contextlib
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,7 +37,10 @@ from torch import nn
 
 from vitkit.models.layers import Block
 from vitkit.models.vit import VisionTransformer
-from vitkit.runtime.packed_linear import InferenceBlock, PackedLinear, packed_linear, packing_available
+from vitkit.runtime.memory import release_file_pages
+from vitkit.runtime.packed_linear import (
+    InferenceBlock, PackedLinear, PackedPatchEmbed, packed_linear, packing_available,
+)
 
 BACKENDS = ("auto", "eager", "compile", "onnx")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -194,9 +197,18 @@ class PreparedViT(VisionTransformer):
         raise RuntimeError("a prepared (inference-only) network cannot load weights: load them into the plain "
                            "VisionTransformer, then call vitkit.runtime.prepare again")
 
+    def state_dict(self, *args, **kwargs):
+        """The plain network's keys, in fp32. After a bf16/fp16 prepare the values are the rounded ones."""
+        if self.runtime.dtype != "fp32":
+            warnings.warn(f"this network was prepared in {self.runtime.dtype}: its state_dict holds weights rounded "
+                          f"to {self.runtime.dtype}; save from the plain (unprepared) network to keep fp32",
+                          stacklevel=2)
+        return super().state_dict(*args, **kwargs)
+
 
 def _pack(net: VisionTransformer, dtype: torch.dtype) -> None:
-    """Swap every block for an InferenceBlock and every head linear for a PackedLinear (CPU, oneDNN)."""
+    """Swap the patch embedding, every block and every head linear for packed versions (CPU, oneDNN)."""
+    net.patch_embed = PackedPatchEmbed(net.patch_embed, dtype)
     for i, block in enumerate(net.blocks):
         assert isinstance(block, Block), f"block {i} is already prepared"
         net.blocks[i] = InferenceBlock(block, dtype)  # the block's fp32 linear weights are dropped here
@@ -204,6 +216,7 @@ def _pack(net: VisionTransformer, dtype: torch.dtype) -> None:
         layer = getattr(owner, name, None) if owner is not None else None
         if isinstance(layer, nn.Linear):
             setattr(owner, name, packed_linear(layer, dtype))
+            release_file_pages([layer.weight])
             layer.weight = None
 
 
@@ -213,7 +226,7 @@ def _cast_rest(net: VisionTransformer, dtype: torch.dtype) -> None:
     keep = {id(p) for m in net.modules() if type(m).__name__ == "RelativePositionBias" for p in m.parameters()}
     with torch.no_grad():
         for module in net.modules():
-            if isinstance(module, (PackedLinear, InferenceBlock)):
+            if isinstance(module, (PackedLinear, PackedPatchEmbed, InferenceBlock)):
                 continue  # already in the compute dtype (and InferenceBlock's q/v biases, gammas stay fp32)
             for name, p in list(module._parameters.items()):
                 if p is not None and id(p) not in keep and p.is_floating_point() and p.dtype != dtype:
@@ -255,15 +268,3 @@ def prepare(net: VisionTransformer, backend: str = "auto", dtype: str = "auto",
             size = net.config.image_size
             net.forward_features(torch.zeros(warmup_batch, net.config.in_chans, size, size))
     return net
-
-
-@contextlib.contextmanager
-def threads(n: int | None):
-    """Temporarily run torch's intra-op pool with `n` threads (None: unchanged)."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

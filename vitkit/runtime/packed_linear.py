@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.models.layers import Attention, Block, LayerScale
+from vitkit.models.layers import Attention, Block, LayerScale, PatchEmbed
+from vitkit.runtime.memory import release_file_pages
 
 ACTIVATIONS = {"none": ("none", ""), "gelu": ("gelu", "none")}  # (oneDNN post-op, algorithm): exact erf GELU
 
@@ -84,6 +85,43 @@ def packed_linear(linear: nn.Linear, dtype: torch.dtype, activation: str = "none
     return PackedLinear(weight, bias, dtype, activation, save_bias)
 
 
+class PackedPatchEmbed(nn.Module):
+    """`layers.PatchEmbed` as a packed linear layer on the unfolded patches: the patch convolution has
+    kernel == stride, so it is one matrix product (B*gh*gw, C*p*p) @ (C*p*p, D), which oneDNN's inner
+    product runs 1.3x (fp32) to 3x (bf16) faster than its convolution. Pixels past the last whole patch are
+    ignored, as the convolution does."""
+
+    def __init__(self, embed: PatchEmbed, dtype: torch.dtype):
+        super().__init__()
+        conv = embed.proj
+        self.patch = conv.kernel_size[0]
+        self.weight_shape = tuple(conv.weight.shape)  # (D, C, p, p)
+        assert conv.kernel_size == conv.stride and conv.kernel_size[0] == conv.kernel_size[1], conv
+        self.proj = PackedLinear(conv.weight.detach().reshape(conv.out_channels, -1), conv.bias, dtype)
+        release_file_pages([conv.weight])
+        conv.weight = None
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        B, C, H, W = pixels.shape
+        p = self.patch
+        gh, gw = H // p, W // p
+        if (H, W) != (gh * p, gw * p):
+            pixels = pixels[:, :, : gh * p, : gw * p]
+        patches = pixels.reshape(B, C, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, p, p)
+        patches = patches.reshape(B, gh * gw, C * p * p)  # (B, gh*gw, C*p*p): the conv's (C, kh, kw) order
+        return self.proj(patches), (gh, gw)  # (B, gh*gw, D)
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        destination = {} if destination is None else destination
+        destination[prefix + "proj.weight"] = self.proj.weight.float().reshape(self.weight_shape)
+        destination[prefix + "proj.bias"] = self.proj.bias.float()
+        return destination
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        raise RuntimeError("a prepared (inference-only) network cannot load weights: load them into the plain "
+                           "VisionTransformer, then call vitkit.runtime.prepare again")
+
+
 class InferenceBlock(nn.Module):
     """A transformer block for inference: the same maths as `layers.Block` in eval mode, with every linear
     layer packed, GELU fused into fc1, layer scale folded into attn.proj / mlp.fc2, and the
@@ -107,7 +145,9 @@ class InferenceBlock(nn.Module):
             self.gamma1, self.gamma2 = gamma1, gamma2
         if hasattr(block, "rel_pos"):
             self.rel_pos = block.rel_pos
-        for linear in (attn.qkv, attn.proj, block.mlp.fc1, block.mlp.fc2):  # the fp32 weights are gone now
+        replaced = (attn.qkv, attn.proj, block.mlp.fc1, block.mlp.fc2)
+        release_file_pages([linear.weight for linear in replaced])  # memory-mapped pages packing has read
+        for linear in replaced:  # the fp32 weights are gone now
             linear.weight = None
 
     def _attend(self, x: torch.Tensor, bias: torch.Tensor | None, need_weights: bool):

@@ -149,7 +149,7 @@ def bench_model(model_or_net, batch_size: int = 1, image_size: int | None = None
         batch_size=batch_size, image_size=size, device=str(dev), threads=torch.get_num_threads(),
         packed=bool(info and info.packed), prepare_s=round(prepare_s, 3), first_call_s=round(first_s, 3),
         compile_s=round(info.compile_s, 2) if info and info.compile_s is not None else None,
-        model_params_m=round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
+        model_params_m=round(sum(t.numel() for t in net.state_dict().values()) / 1e6, 2),  # packed weights are buffers
     )
     return result
 
