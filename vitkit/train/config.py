@@ -48,5 +48,6 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    # settings that may differ on resume: where and how fast, not what is computed
-    RESUMABLE_CHANGES = ("workers", "device", "patience", "checkpoint_every")
+    # settings that may differ on resume: where and how fast, not what is computed (DATA is compared as a
+    # resolved path, and the classes must match)
+    RESUMABLE_CHANGES = ("out", "workers", "device", "patience", "checkpoint_every")

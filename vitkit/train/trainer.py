@@ -167,8 +167,10 @@ class Trainer:
     def _train_epoch(self) -> float:
         cfg, state = self.cfg, self.state
         self.train_set.set_epoch(state.epoch)
+        # its own generator: creating the iterator must not draw from the global RNG (drop path uses it)
         loader = DataLoader(self.train_set, batch_sampler=self._batches(state.epoch), num_workers=cfg.workers,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch))
         self.model.train()
         seen, start = 0, time.perf_counter()
         remaining = self.steps_per_epoch - state.step_in_epoch
@@ -269,8 +271,10 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"nothing to resume: no {path} (start without --resume)")
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        now = self.cfg.to_dict()
+        same_data = Path(saved["config"]["data"]).resolve() == Path(now["data"]).resolve()
         changed = sorted(k for k, v in saved["config"].items() if k not in TrainConfig.RESUMABLE_CHANGES
-                         and self.cfg.to_dict().get(k) != v)
+                         and k != "data" and now.get(k) != v) + ([] if same_data else ["data"])
         if changed:
             raise ValueError(f"--resume with other settings than the interrupted run: {', '.join(changed)}")
         if saved["labels"] != self.labels:
