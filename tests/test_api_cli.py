@@ -163,3 +163,33 @@ def test_runtime_flags_reach_the_model(tmp_path, photo, capsys):
     assert fast.net.runtime.packed and (fast(pixels) - plain(pixels)).abs().max() < 1e-4
     assert cli(["bench", "--arch", "vit_tiny_patch16_224", "--backend", "onnx"]) == 2
     assert "ONNX backend arrives" in capsys.readouterr().err
+
+
+def test_export_onnx_then_classify_and_embed_from_the_file(tmp_path, photo, capsys):
+    photo.save(tmp_path / "a.jpg")
+    torch.manual_seed(0)
+    source = vitkit.load(arch="vit_tiny_patch16_224").save(tmp_path / "m.safetensors", format="safetensors")
+    out = tmp_path / "m.onnx"
+    assert cli(["export", "onnx", "--model", str(source), "--out", str(out), "--image-size", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report and out.is_file()
+    onnx_model = vitkit.load(str(out))
+    torch_model = vitkit.load(str(source), image_size=64)
+    assert onnx_model.spec == torch_model.spec and onnx_model.labels == torch_model.labels  # from the metadata
+    pixels = torch_model.preprocess(photo)
+    assert (onnx_model(pixels) - torch_model(pixels)).abs().max() < 1e-4
+    assert (onnx_model.embed_pixels(pixels) - torch_model.embed_pixels(pixels)).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="ONNX graph"):
+        onnx_model.save(tmp_path / "again", format="hf")
+
+
+def test_backend_onnx_and_convert_to_onnx(tmp_path, photo):
+    torch.manual_seed(0)
+    source = vitkit.load(arch="vit_tiny_patch16_224").save(tmp_path / "m.safetensors", format="safetensors")
+    via_backend = vitkit.load(str(source), backend="onnx", image_size=64)
+    assert cli(["convert", str(source), "--to", "onnx", "--out", str(tmp_path / "c.onnx")]) == 0
+    converted = vitkit.load(str(tmp_path / "c.onnx"))
+    plain = vitkit.load(str(source), image_size=64)
+    pixels = plain.preprocess(photo)
+    assert (via_backend(pixels) - plain(pixels)).abs().max() < 1e-4
+    assert converted.spec.input_size == 224 and converted.labels == plain.labels

@@ -52,11 +52,15 @@ class Model:
                  backend: str | None = None, dtype: str | None = None):
         self.device = resolve_device(device)
         self.net = loaded.net.to(self.device).eval()
-        if backend or dtype:  # a fast inference network (vitkit.runtime); the plain one stays trainable
+        self.spec: PreprocessSpec = loaded.preprocess.at_size(image_size or loaded.preprocess.input_size)
+        if backend == "onnx":  # exported in memory at this size, verified, run by onnxruntime
+            from vitkit.runtime.onnx_backend import onnx_from_network
+
+            self.net = onnx_from_network(loaded.net, self.spec, dtype=dtype, device=self.device, source=loaded.source)
+        elif backend or dtype:  # a fast inference network (vitkit.runtime); the plain one stays trainable
             from vitkit.runtime import prepare
 
             self.net = prepare(self.net, backend or "auto", dtype or "auto", self.device)
-        self.spec: PreprocessSpec = loaded.preprocess.at_size(image_size or loaded.preprocess.input_size)
         self.source = loaded.source
         self.layout = loaded.layout
 
@@ -144,6 +148,13 @@ class Model:
         return self.embed_pixels(self.preprocess(images), pool, layers, normalize)
 
     def save(self, target: str | Path, format: str = "hf", arch: str | None = None) -> Path:
+        if self.layout == "onnx":
+            raise ValueError(f"{self.source} is an ONNX graph: convert from the original checkpoint instead")
+        if format == "onnx":
+            from vitkit.export import export_onnx
+
+            export_onnx(self, target, dynamic_batch=True)
+            return Path(target)
         return save(self.net, self.spec, format, target, arch)
 
 
@@ -153,5 +164,9 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
     config; `arch` alone gives random weights). `image_size` runs the model at another resolution.
     backend/dtype ("auto", "eager", "compile"; "fp32", "bf16", "fp16") give a fast inference-only
     network (see vitkit.runtime); without them the network is the plain, trainable one."""
+    from vitkit.runtime.onnx_backend import is_onnx_file, load_onnx
+
+    if is_onnx_file(model):  # graph, preprocessing and labels all come from the file
+        return Model(load_onnx(model, device=resolve_device(device), image_size=image_size), device=device)
     loaded = load_network(model, arch, **runtime)
     return Model(loaded, device=device, image_size=image_size, backend=backend, dtype=dtype)

@@ -125,12 +125,23 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="folder for report.json and confusion.png (default: beside nothing)")
     evaluate.add_argument("--json", action="store_true", help="print the JSON report")
 
+    export = sub.add_parser("export", help="export to a runtime format: onnx")
+    export_sub = export.add_subparsers(dest="target", required=True)
+    onnx = export_sub.add_parser("onnx", help="ONNX graph with preprocessing and labels in its metadata, "
+                                 "verified against PyTorch with onnxruntime before it is written")
+    _model_args(onnx)
+    onnx.add_argument("--out", required=True, help="the .onnx file")
+    onnx.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch axis (default: batch 1)")
+    onnx.add_argument("--opset", type=int, default=17)
+    onnx.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="fp16: for GPU runtimes")
+    onnx.add_argument("--json", action="store_true", help="print the export report as JSON")
+
     convert = sub.add_parser("convert", help="write a model in another format (labels and preprocessing kept)")
     convert.add_argument("source", metavar="SRC", help="anything --model accepts")
     convert.add_argument("--arch", help="architecture for a weights file without config")
-    convert.add_argument("--to", choices=SAVE_FORMATS, required=True,
+    convert.add_argument("--to", choices=SAVE_FORMATS + ("onnx",), required=True,
                          help="hf: transformers folder; timm: state dict (.safetensors/.pth) or folder; "
-                              "safetensors: vitkit file with config inside; jax: .npz")
+                              "safetensors: vitkit file with config inside; jax: .npz; onnx: dynamic-batch graph")
     convert.add_argument("--out", required=True)
 
     info = sub.add_parser("info", help="what a model is: config, preprocessing, labels")
@@ -304,6 +315,17 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from vitkit.api import load
+    from vitkit.export import export_onnx
+
+    model = load(args.model, args.arch, device="cpu")
+    report = export_onnx(model, args.out, image_size=args.image_size, dynamic_batch=args.dynamic_batch,
+                         opset=args.opset, dtype=args.dtype)
+    print(json.dumps(report.to_dict()) if args.json else f"wrote {report.summary()}")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from vitkit.api import load
 
@@ -311,14 +333,14 @@ def _cmd_info(args) -> int:
     labels = model.labels
     print(json.dumps({"source": model.source, "layout": model.layout, "config": model.config.to_dict() | {
         "labels": list(labels[:5]) + (["..."] if len(labels) > 5 else [])},
-        "preprocess": model.spec.to_dict(), "parameters": sum(p.numel() for p in model.net.parameters())},
+        "preprocess": model.spec.to_dict(), "parameters": sum(t.numel() for t in model.net.state_dict().values())},
         indent=2))
     return 0
 
 
 COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embed, "bench": _cmd_bench,
             "finetune": _cmd_finetune,
-            "eval": _cmd_eval, "convert": _cmd_convert, "info": _cmd_info}
+            "eval": _cmd_eval, "convert": _cmd_convert, "export": _cmd_export, "info": _cmd_info}
 
 
 def _attach_negative_values(argv: list[str], options: tuple[str, ...] = ("--layers",)) -> list[str]:
