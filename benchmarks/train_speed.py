@@ -115,6 +115,7 @@ def run(arch: str, batch: int, amp: str, warmup: int, rounds: int, quiet: float)
             ratios.append(b / a)
     return {"amp": amp, "vitkit": batch / statistics.median(t_ours),
             "transformers": batch / statistics.median(t_theirs), "ratio": statistics.median(ratios),
+            "ratio_range": (min(ratios), max(ratios)),
             "first_loss": first, "waited_s": waited}
 
 
@@ -140,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         name = "fp32" if amp == "none" else "bf16 autocast"
         print(f"  {name}: first losses (same weights, same batch) vitkit {row['first_loss'][0]:.4f}, transformers "
               f"{row['first_loss'][1]:.4f}; waited {row['waited_s']:.0f} s for a quiet CPU", flush=True)
-    print(f"\n{'precision':<15}{'vitkit img/s':>14}{'transformers img/s':>20}{'vitkit / transformers':>24}")
+    print(f"\n{'precision':<15}{'vitkit img/s':>14}{'transformers img/s':>20}{'vitkit / transformers':>24}"
+          f"{'(min-max of rounds)':>21}")
     for row in rows:
         name = "fp32" if row["amp"] == "none" else "bf16 autocast"
-        print(f"{name:<15}{row['vitkit']:>14.2f}{row['transformers']:>20.2f}{row['ratio']:>23.2f}x")
+        low, high = row["ratio_range"]
+        print(f"{name:<15}{row['vitkit']:>14.2f}{row['transformers']:>20.2f}{row['ratio']:>23.2f}x"
+              f"{f'({low:.2f}-{high:.2f})':>21}")
     return 0
 
 

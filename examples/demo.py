@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 import vitkit
 from train_digits import digit_image  # examples/: the recipe's own rendering of a scan
@@ -108,7 +107,7 @@ def main() -> int:
         print("\n[3/3] what the model is", flush=True)
         cfg, spec = model.config, model.spec
         params = sum(p.numel() for p in model.net.parameters())
-        print(f"      a {cfg.family.upper()} trained from scratch by vitkit (examples/train_digits.py): "
+        print("      a ViT trained from scratch by vitkit (examples/train_digits.py): "
               f"{cfg.image_size} px input, patch {cfg.patch_size}, width {cfg.width}, depth {cfg.depth}, "
               f"{cfg.heads} heads, MLP {cfg.mlp_dim}; {params:,} parameters; labels {', '.join(model.labels)}")
         print(f"      preprocessing shipped with the weights: resize to {spec.resize} px ({spec.interpolation}), "

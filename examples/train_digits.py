@@ -1,6 +1,6 @@
-"""The recipe of vitkit's demo model: a small ViT trained from scratch by `vitkit finetune` on scikit-learn's
-digits (1,797 scans of handwritten digits, 8x8 pixels, 17 grey levels; shipped inside scikit-learn, no
-download), shipped in vitkit/assets/digits-vit/ as a transformers folder.
+"""The recipe of vitkit's demo model: a small ViT trained from scratch by vitkit's trainer (`vitkit finetune`)
+on scikit-learn's digits (1,797 scans of handwritten digits, 8x8 pixels, 17 grey levels; shipped inside
+scikit-learn, no download), shipped in vitkit/assets/digits-vit/ as a transformers folder.
 
 Data: a stratified 80/20 split with seed 0 (1,437 train, 360 test). Each 8x8 scan becomes a 32x32 RGB PNG
 (bilinear upscale, dark ink on white, as on paper) in DATA/train/<digit>/ and DATA/test/<digit>/. The trainer
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
