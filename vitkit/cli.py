@@ -6,6 +6,7 @@ Try it:  vitkit --help
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -147,7 +148,18 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="what a model is: config, preprocessing, labels")
     info.add_argument("source", metavar="SRC")
     info.add_argument("--arch")
+
+    for name in FEATURE_CLIS:
+        importlib.import_module(name).add_commands(sub, _model_args, _runtime_args)
     return parser
+
+
+# Commands that live beside their feature. Each module's add_commands(sub, model_args, runtime_args) adds its
+# subparsers and sets `handler=` (a function args -> exit code) on each; it imports nothing heavy at module level.
+FEATURE_CLIS = ()
+
+# `vitkit eval retrieval FOLDER` is the command "eval-retrieval" (`vitkit eval FOLDER` stays classification)
+_SUBCOMMAND_ALIASES = {("eval", "retrieval"): "eval-retrieval"}
 
 
 def _int_list(text: str) -> list[int]:
@@ -354,10 +366,17 @@ def _attach_negative_values(argv: list[str], options: tuple[str, ...] = ("--laye
     return out
 
 
+def _apply_aliases(argv: list[str]) -> list[str]:
+    alias = _SUBCOMMAND_ALIASES.get(tuple(argv[:2]))
+    return [alias, *argv[2:]] if alias else argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
+    argv = _apply_aliases(_attach_negative_values(sys.argv[1:] if argv is None else argv))
+    args = _parser().parse_args(argv)
+    handler = getattr(args, "handler", None) or COMMANDS[args.command]
     try:
-        return COMMANDS[args.command](args)
+        return handler(args)
     except (CheckpointError, FileNotFoundError, KeyError, ValueError, RuntimeError, NotImplementedError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"vitkit {args.command}: error: {message}", file=sys.stderr)
