@@ -1,0 +1,61 @@
+"""`vitkit quantize`: the command line of vitkit.quantize (flags in, report out; no logic of its own).
+
+Try it:  vitkit quantize --model ../shared/weights/deit-tiny-patch16-224/model.safetensors --arch deit_tiny_patch16_224 \
+             --method dynamic --calib CALIB_DIR --eval EVAL_DIR --out deit-int8.onnx --report report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+METHODS = ("dynamic", "static", "fp16")  # vitkit.quantize.pipeline.METHODS, without importing onnx at parse time
+
+
+def add_commands(sub, model_args, runtime_args) -> None:
+    parser = sub.add_parser("quantize", help="INT8 (or fp16) ONNX model, measured against fp32 and refused when it "
+                                             "loses more accuracy than --max-drop")
+    model_args(parser)
+    parser.add_argument("--method", choices=METHODS, default="dynamic",
+                        help="dynamic: INT8 activations ranged per image (default); static: ranges calibrated once "
+                             "on --calib; fp16: an fp16 graph for GPUs")
+    parser.add_argument("--recipe", help="a named recipe step (see docs/quantization-report.md), e.g. "
+                                         "dynamic-per-channel; default: the measured best for --method")
+    parser.add_argument("--calib", nargs="+", metavar="PATH",
+                        help="calibration images (files, folders, globs); evaluation images among them are left out")
+    parser.add_argument("--calib-views", type=int, default=4, help="crops per calibration image (default 4)")
+    parser.add_argument("--eval", dest="eval_folder", metavar="FOLDER",
+                        help="evaluation images: labels.csv (file,class_index|label), class sub-folders, or "
+                             "unlabelled (then top-1 agreement gates)")
+    parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
+                        help="onnx: onnxruntime INT8 graph (.onnx); torch: see docs/quantization-report.md")
+    parser.add_argument("--out", help="the .onnx file to write (omit to measure only)")
+    parser.add_argument("--max-drop", type=float, default=1.0,
+                        help="refuse when top-1 accuracy on --eval drops by more points than this (default 1.0)")
+    parser.add_argument("--force", action="store_true", help="write the model even when the gate refuses it")
+    parser.add_argument("--report", metavar="FILE.md", help="also write the report as markdown")
+    parser.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitkit.api import load
+    from vitkit.quantize import RECIPES, QuantizationRefused, markdown, quantize
+
+    if args.recipe and args.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {args.recipe!r}: choose {', '.join(RECIPES)}")
+    model = load(args.model, args.arch, image_size=args.image_size, device="cpu")
+    say = (lambda msg: None) if args.json else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    try:
+        report = quantize(model, args.method, calib=args.calib, eval_folder=args.eval_folder, backend=args.backend,
+                          out=args.out, max_drop=args.max_drop, force=args.force,
+                          recipe=RECIPES[args.recipe] if args.recipe else None, calib_views=args.calib_views,
+                          speed=not args.no_speed, report_md=args.report, log=say)
+    except QuantizationRefused as refused:
+        print(json.dumps(refused.report) if args.json else markdown(refused.report))
+        print(f"vitkit quantize: {refused}", file=sys.stderr)
+        return 3
+    print(json.dumps(report) if args.json else markdown(report))
+    return 0

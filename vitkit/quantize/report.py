@@ -1,0 +1,196 @@
+"""What a quantized model costs and buys: top-1 agreement with fp32, accuracy on labelled images, embedding cosine
+similarity, file size, and model-only speed against the fp32 graph and transformers (sdpa, fp32) in the same run.
+
+    compare(fp32_run, int8_run, pixels, targets, names)   -> agreement, accuracy change, flips, cosine, logit diff
+    measure_speed({name: fn}, pixels, ...)                 -> img/s medians over interleaved rounds and speed-ups
+    markdown(report)                                       -> the report as a short markdown page
+
+Try it:  python benchmarks/quantize.py --quick
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitkit.export.onnx import INPUT, LOGITS, PRE_LOGITS
+
+
+# -- running an ONNX graph -----------------------------------------------------------------------------------
+class OrtRunner:
+    """An onnxruntime CPU session over graph bytes; a batch-1 graph is run one image at a time."""
+
+    def __init__(self, data: bytes, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.batch_one = self.session.get_inputs()[0].shape[0] == 1
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        x = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        names = names or self.outputs
+        step = 1 if self.batch_one else 32
+        parts = [self.session.run(names, {INPUT: x[i:i + step]}) for i in range(0, len(x), step)]
+        return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
+
+
+# -- quality ---------------------------------------------------------------------------------------------------
+def compare(fp32: OrtRunner, int8: OrtRunner, pixels: torch.Tensor, targets: list[int] | None,
+            names: list[str] | None = None, labels: tuple[str, ...] = ()) -> dict:
+    """Top-1 agreement of the quantized graph with fp32, accuracy of each on `targets` (None: unlabelled), the flips with fp32's
+    own margin between the two classes, and the cosine similarity of the embeddings (`pre_logits`)."""
+    ref, got = fp32(pixels), int8(pixels)
+    out: dict = {"images": len(pixels)}
+    if PRE_LOGITS in ref:
+        a, b = torch.from_numpy(ref[PRE_LOGITS]).double(), torch.from_numpy(got[PRE_LOGITS]).double()
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+        out["embedding_cosine"] = {"mean": round(float(cos.mean()), 6), "min": round(float(cos.min()), 6)}
+    if LOGITS not in ref:
+        return out
+    r, g = ref[LOGITS], got[LOGITS]
+    top_r, top_g = r.argmax(-1), g.argmax(-1)
+    out["top1_agreement"] = float((top_r == top_g).mean())
+    out["logits_max_abs_diff"] = round(float(np.abs(r - g).max()), 4)
+    rows = np.arange(len(r))
+    margin = r[rows, top_r] - r[rows, top_g]  # fp32's preference for its own top-1 over int8's
+    name = (lambda i: Path(names[i]).name) if names else (lambda i: str(i))
+    label = (lambda k: labels[k] if k < len(labels) else str(k))
+    out["flips"] = [{"image": name(i), "fp32": label(int(top_r[i])), "quantized": label(int(top_g[i])),
+                     "fp32_margin": round(float(margin[i]), 4),
+                     **({"true": label(targets[i])} if targets is not None else {})}
+                    for i in np.flatnonzero(top_r != top_g)]
+    if targets is not None:
+        t = np.asarray(targets)
+        acc_r, acc_g = float((top_r == t).mean()), float((top_g == t).mean())
+        out["accuracy"] = {"fp32": acc_r, "quantized": acc_g, "drop_points": round(100 * (acc_r - acc_g), 2)}
+    return out
+
+
+# -- speed -----------------------------------------------------------------------------------------------------
+def transformers_runner(net, spec):
+    """transformers' ViTForImageClassification (attn_implementation="sdpa", fp32) on the same weights, or a reason
+    string when it cannot be built (not installed, a family transformers has no class for)."""
+    import tempfile
+
+    try:
+        from transformers import AutoModelForImageClassification
+
+        from vitkit.checkpoints.save import save_hf
+
+        folder = Path(tempfile.mkdtemp(prefix="vitkit-quant-hf-"))
+        save_hf(net, spec, folder)
+        model = AutoModelForImageClassification.from_pretrained(folder, attn_implementation="sdpa").eval()
+    except Exception as err:  # noqa: BLE001 - a reference that cannot run here is reported, not fatal
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+
+    def run(x: torch.Tensor):
+        with torch.inference_mode():
+            return model(pixel_values=x).logits
+
+    return run
+
+
+def measure_speed(runners: dict[str, callable], pixels: torch.Tensor, rounds: int = 5, seconds: float = 1.0,
+                  warmup: int = 3, quiet_wait_s: float = 60.0, baseline: str | None = None) -> dict:
+    """Model-only img/s of each runner on the same batch: `rounds` interleaved rounds (each begins once other processes
+    use < 0.25 core, waiting at most quiet_wait_s), each runner timed for `seconds` per round; medians."""
+    from vitkit.tasks.bench import wait_quiet
+
+    batch = len(pixels)
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn(pixels)
+    per_round: dict[str, list[float]] = {name: [] for name in runners}
+    loads = []
+    for _ in range(rounds):
+        quiet = wait_quiet(max_wait_s=quiet_wait_s)
+        loads.append(quiet)
+        for name, fn in runners.items():
+            start, n = time.perf_counter(), 0
+            while n < 2 or time.perf_counter() - start < seconds:
+                fn(pixels)
+                n += 1
+            per_round[name].append(n * batch / (time.perf_counter() - start))
+    img_s = {name: round(statistics.median(v), 2) for name, v in per_round.items()}
+    out = {"batch_size": batch, "rounds": rounds, "img_s": img_s,
+           "quiet_rounds": sum(q["quiet"] for q in loads),
+           "other_load_max": max((q["other_load"] or 0.0) for q in loads) if loads else None}
+    if baseline in per_round:  # median of per-round ratios: robust to load that changes between rounds
+        out["speedup"] = {name: round(statistics.median(a / b for a, b in zip(v, per_round[baseline])), 2)
+                          for name, v in per_round.items()}
+    return out
+
+
+# -- markdown --------------------------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(report: dict) -> str:
+    """A short page: what was made, how it compares, whether the gate passed."""
+    lines = [f"# INT8 quantization report: {report.get('model', '')}", ""]
+    lines.append(f"- recipe: **{report.get('recipe_text', report.get('method'))}** (backend {report.get('backend')})")
+    if report.get("layers"):
+        layers = report["layers"]
+        lines.append(f"- layers: {layers['int8']} weight GEMMs in INT8, {len(layers['float'])} kept in float "
+                     f"({', '.join(layers['float']) or 'none'}); LayerNorm, softmax and its inputs, GELU in float")
+    cal = report.get("calibration")
+    if cal:
+        lines.append(f"- calibration: {cal['images']} images x {cal['views']} views = {cal['inputs']} inputs from "
+                     f"{cal['source']}; none of them is an evaluation image"
+                     + (f" ({cal['evaluation_images_left_out']} evaluation images found there were left out)"
+                        if cal.get("evaluation_images_left_out") else ""))
+    else:
+        lines.append("- calibration: none")
+    ev = report.get("eval") or {}
+    if ev:
+        lines.append(f"- evaluation: {ev.get('images')} images in {ev.get('folder')} (labels: {ev.get('labels_from')})")
+    lines += ["", "| measure | fp32 | quantized |", "|---|---:|---:|"]
+    size = report.get("size_mb", {})
+    lines.append(f"| file size MB | {size.get('fp32', 'n/a')} | {size.get('quantized', 'n/a')} |")
+    acc = ev.get("accuracy")
+    if acc:
+        lines.append(f"| top-1 accuracy | {_pct(acc['fp32'])} | {_pct(acc['quantized'])} ({-acc['drop_points']:+.1f} points) |")
+    if ev.get("top1_agreement") is not None:
+        lines.append(f"| top-1 agreement with fp32 | 100% | {_pct(ev['top1_agreement'])} |")
+    if ev.get("embedding_cosine"):
+        c = ev["embedding_cosine"]
+        lines.append(f"| embedding cosine similarity, mean (min) | 1 | {c['mean']:.4f} ({c['min']:.4f}) |")
+    speed = report.get("speed") or {}
+    if speed.get("img_s"):
+        base = speed.get("speedup", {})
+        lines += ["", f"Speed, model only, batch {speed['batch_size']}, median of {speed['rounds']} interleaved rounds "
+                      f"({speed.get('quiet_rounds')} of them on a quiet machine):", "",
+                  "| runtime | img/s | x onnxruntime fp32 |", "|---|---:|---:|"]
+        for name, v in speed["img_s"].items():
+            lines.append(f"| {name} | {v:.1f} | {base.get(name, float('nan')):.2f}x |")
+        if speed.get("vs_transformers_sdpa") is not None:
+            lines.append(f"\nQuantized vs transformers sdpa fp32: **{speed['vs_transformers_sdpa']:.2f}x**.")
+        for name, why in (speed.get("skipped") or {}).items():
+            lines.append(f"\n{name}: not measured ({why}).")
+    flips = ev.get("flips") or []
+    if flips:
+        lines += ["", "Top-1 changes (fp32's own logit margin between the two classes: small = a near-tie):", "",
+                  "| image | fp32 | quantized | fp32 margin |" + (" true |" if "true" in flips[0] else ""),
+                  "|---|---|---|---:|" + ("---|" if "true" in flips[0] else "")]
+        for f in flips:
+            lines.append(f"| {f['image']} | {f['fp32']} | {f['quantized']} | {f['fp32_margin']:.3f} |"
+                         + (f" {f['true']} |" if "true" in f else ""))
+    gate = report.get("gate") or {}
+    if gate:
+        lines += ["", f"Gate: {gate.get('measure')} drop {gate.get('drop_points')} points, limit {gate.get('max_drop')}"
+                      f" -> **{'passed' if gate.get('passed') else 'REFUSED'}**"
+                      + (" (forced)" if gate.get("forced") else "")
+                      + (f"; written to {report['out']}" if report.get("written") else "; not written")]
+    for note in report.get("notes", []):
+        lines.append(f"\nNote: {note}")
+    return "\n".join(lines) + "\n"
