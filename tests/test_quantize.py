@@ -338,34 +338,38 @@ def test_fp16(tmp_path):
 @pytest.mark.skipif(not (WEIGHTS.is_file() and (PHOTOS / "labels.csv").is_file()),
                     reason="../shared/weights/deit-tiny-patch16-224 or its photos are not here")
 def test_real_deit_tiny_default_recipe(tmp_path, report):
-    """Calibrated on views of the odd-numbered photos only; evaluated on the 50 held-out even-numbered photos and on
-    all 100 (the 50 odd ones are then in-sample)."""
+    """Two folds (even and odd rows of labels.csv): each model is calibrated on one fold and gated on the other, so
+    all 100 answers are out of sample; the acceptance target (>= 97% top-1 agreement with fp32) is on the pooled 100."""
     model = vitkit.load(str(WEIGHTS), arch="deit_tiny_patch16_224")
     with open(PHOTOS / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    calib = [str(PHOTOS / r["file"]) for r in rows[1::2]]
-    folders = {}
-    for name, chosen in (("heldout", rows[0::2]), ("all", rows)):
-        folder = tmp_path / name
+    agree, correct, images, flips, sizes = 0.0, {"fp32": 0.0, "quantized": 0.0}, 0, [], None
+    for k, (evaluated, calibrated) in enumerate(((rows[0::2], rows[1::2]), (rows[1::2], rows[0::2]))):
+        folder = tmp_path / f"fold{k}"
         folder.mkdir()
         with open(folder / "labels.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows({**r, "file": str(PHOTOS / r["file"])} for r in chosen)
-        folders[name] = folder
-    out = tmp_path / "deit-int8.onnx"
-    held = quantize(model, "dynamic", calib=calib, eval_folder=str(folders["heldout"]), out=str(out), speed=False)
-    assert held["written"] and held["calibration"]["evaluation_images_left_out"] == 0
-    pixels = pipeline.load_pixels([str(PHOTOS / r["file"]) for r in rows], model.spec)
-    everything = pipeline.compare(OrtRunner(fp32_graph(model.net, 224, True)), OrtRunner(out.read_bytes()), pixels,
-                                  [int(r["class_index"]) for r in rows])
-    a_held, a_all = held["eval"]["top1_agreement"], everything["top1_agreement"]
-    report(f"quantize: real DeiT-Tiny, default INT8 recipe: top-1 agreement with fp32 {a_held:.0%} on 50 held-out "
-           f"photos, {a_all:.0%} on all 100 (50 of them calibration photos); accuracy "
-           f"{everything['accuracy']['fp32']:.0%} -> {everything['accuracy']['quantized']:.0%}; "
-           f"{held['size_mb']['quantized']} MB vs {held['size_mb']['fp32']} MB; embedding cosine "
-           f"{held['eval']['embedding_cosine']['mean']:.4f}")
-    assert a_held >= 0.96 and a_all >= 0.97
-    assert held["gate"]["passed"] and abs(everything["accuracy"]["drop_points"]) <= 2.0
-    margins = [f["fp32_margin"] for f in everything["flips"]]
-    assert all(m < 0.1 for m in margins), f"a top-1 change where fp32 was not near a tie: {everything['flips']}"
+            writer.writerows({**r, "file": str(PHOTOS / r["file"])} for r in evaluated)
+        out = tmp_path / f"deit-int8-{k}.onnx"
+        got = quantize(model, "dynamic", calib=[str(PHOTOS / r["file"]) for r in calibrated],
+                       eval_folder=str(folder), out=str(out), speed=False)
+        assert got["written"] and got["gate"]["passed"] and got["calibration"]["images"] == 50
+        assert got["calibration"]["evaluation_images_left_out"] == 0
+        ev = got["eval"]
+        images += ev["images"]
+        agree += ev["top1_agreement"] * ev["images"]
+        for key in correct:
+            correct[key] += ev["accuracy"][key] * ev["images"]
+        flips += ev["flips"]
+        sizes = got["size_mb"]
+        assert ev["embedding_cosine"]["mean"] > 0.99
+    agreement = agree / images
+    accuracy = {key: value / images for key, value in correct.items()}
+    report(f"quantize: real DeiT-Tiny, default INT8 recipe, out of sample (2 folds of 50 photos, each calibrated on "
+           f"the other): top-1 agreement with fp32 {agreement:.0%} of {images}; accuracy {accuracy['fp32']:.0%} -> "
+           f"{accuracy['quantized']:.0%}; {sizes['quantized']} MB vs {sizes['fp32']} MB")
+    assert images == 100 and agreement >= 0.97
+    assert accuracy["fp32"] - accuracy["quantized"] <= 0.01
+    margins = [f["fp32_margin"] for f in flips]
+    assert all(m < 0.1 for m in margins), f"a top-1 change where fp32 was not near a tie: {flips}"
