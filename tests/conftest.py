@@ -7,6 +7,9 @@ Run:  .venv/bin/python -m pytest tests -q
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +76,45 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("vitkit measurements")
         for line in _REPORT:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`), as subprocesses get
+    with OMP_NUM_THREADS=1: tiny batches only lose from a second thread on 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def torchrun(args: list, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node 2 --standalone ARGS` with one thread a rank and no inherited rank variables."""
+    command = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    try:
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{' '.join(command)} ran past {timeout} s:\n{err.stderr}")
+
+
+@pytest.fixture(scope="session")
+def can_torchrun(tmp_path_factory):
+    """Two gloo ranks that all-reduce a number, or a skip that says why not."""
+    if not TORCHRUN.is_file():
+        pytest.skip(f"torchrun not found at {TORCHRUN}")
+    work = tmp_path_factory.mktemp("preflight")
+    (work / "ranks.py").write_text(
+        "import torch, torch.distributed as dist\n"
+        "dist.init_process_group('gloo')\n"
+        "t = torch.tensor([dist.get_rank() + 1.0]); dist.all_reduce(t)\n"
+        "assert t.item() == 3.0, t\n"
+        "dist.destroy_process_group()\n")
+    try:
+        result = torchrun([work / "ranks.py"], work, timeout=60)
+    except pytest.fail.Exception as err:
+        pytest.skip(f"torchrun cannot run two gloo ranks here: {err}")
+    if result.returncode:
+        pytest.skip(f"torchrun cannot run two gloo ranks here (exit {result.returncode}): {result.stderr[-1500:]}")

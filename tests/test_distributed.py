@@ -13,15 +13,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import vitkit
@@ -29,22 +25,21 @@ from vitkit.cli import main as cli
 from vitkit.embedding_files import read_embeddings
 from vitkit.tasks import job as job_module
 
-TORCHRUN = Path(sys.executable).parent / "torchrun"
+from conftest import torchrun
+
 ARCH = "vit_tiny_patch16_224"
 COUNT = 150
 BAD_AT = (9, 40, 77, 111, 149)
 BATCH, CHUNK = 8, 16  # 10 chunks, the last of 6: rank 0 takes 0, 2, ..., 8 and rank 1 takes 1, 3, ..., 9
-TIMEOUT = 120
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """As each rank runs (OMP_NUM_THREADS=1): tiny batches gain nothing from a second thread here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _ok(result) -> str:
+    assert result.returncode == 0, f"torchrun exited {result.returncode}:\n{result.stderr[-6000:]}"
+    return result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -77,42 +72,6 @@ def run_cli(args: list) -> tuple[int, str]:
     with contextlib.redirect_stderr(err):
         code = cli([str(a) for a in args])
     return code, err.getvalue()
-
-
-def torchrun(args: list, cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    command = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    try:
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"{' '.join(command)} ran past {timeout} s:\n{err.stderr}")
-
-
-@pytest.fixture(scope="module")
-def can_torchrun(tmp_path_factory):
-    """Two gloo ranks that all-reduce a number, or a skip that says why not."""
-    if not TORCHRUN.is_file():
-        pytest.skip(f"torchrun not found at {TORCHRUN}")
-    work = tmp_path_factory.mktemp("preflight")
-    (work / "ranks.py").write_text(
-        "import torch, torch.distributed as dist\n"
-        "dist.init_process_group('gloo')\n"
-        "t = torch.tensor([dist.get_rank() + 1.0]); dist.all_reduce(t)\n"
-        "assert t.item() == 3.0, t\n"
-        "dist.destroy_process_group()\n")
-    try:
-        result = torchrun([work / "ranks.py"], work, timeout=60)
-    except pytest.fail.Exception as err:
-        pytest.skip(f"torchrun cannot run two gloo ranks here: {err}")
-    if result.returncode:
-        pytest.skip(f"torchrun cannot run two gloo ranks here (exit {result.returncode}): {result.stderr[-1500:]}")
-
-
-def _ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, f"torchrun exited {result.returncode}:\n{result.stderr[-6000:]}"
-    return result.stderr
 
 
 @pytest.fixture(scope="module")

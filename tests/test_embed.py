@@ -102,7 +102,7 @@ def test_deit_tiny_embeddings_equal_transformers_vit_model(deit, tmp_path, repor
             unit_tokens = model.embed_pixels(x, pool="tokens")
             norms.append(unit_tokens.norm(dim=-1).flatten())
     norm_err = (torch.cat(norms) - 1).abs().max().item()
-    report(f"embed DeiT-Tiny vs transformers ViTModel, 100 photos: max|diff| "
+    report("embed DeiT-Tiny vs transformers ViTModel, 100 photos: max|diff| "
            + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + f"; normalize: max|norm-1| {norm_err:.1e}")
     assert all(v <= TOL for v in diffs.values()), diffs
     assert norm_err <= 1e-5

@@ -78,13 +78,7 @@ DOGS = {160: "Afghan_hound", 170: "Irish_wolfhound", 190: "Sealyham_terrier", 20
 # ----------------------------------------------------------------------------- data, model, helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread (subprocesses get OMP_NUM_THREADS=1): tiny batches only lose from a second."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def draw(label: int, index: int) -> Image.Image:
@@ -617,7 +611,7 @@ def test_resume_after_the_last_epoch_changes_nothing(images, base, tmp_path):
 
 
 def test_resume_accepts_the_same_folder_spelled_differently(images, base, tmp_path, monkeypatch):
-    out = finetune(images, base, tmp_path / "out", "--epochs", "1")
+    finetune(images, base, tmp_path / "out", "--epochs", "1")
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(finetune_args(images, base, Path("out"), "--epochs", "1", "--resume"))
     assert code == 0, err

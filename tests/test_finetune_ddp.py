@@ -16,9 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +28,8 @@ from vitkit.cli import main as cli
 from vitkit.config import HALF, PreprocessSpec, ViTConfig
 from vitkit.models.vit import VisionTransformer
 
-TORCHRUN = Path(sys.executable).parent / "torchrun"
-TIMEOUT = 180
+from conftest import torchrun
+
 TOL = 1e-5
 CLASSES = ("blue", "green", "red", "yellow")
 COLOURS = ((40, 60, 200), (40, 170, 60), (200, 40, 40), (210, 200, 40))
@@ -40,49 +37,7 @@ TINY = ViTConfig(image_size=32, patch_size=8, width=32, depth=3, heads=2, mlp_di
 SPEC = PreprocessSpec(input_size=32, crop_pct=1.0, resize_mode="exact", interpolation="bilinear", mean=HALF, std=HALF)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """As each rank runs (OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
-
-
-def torchrun(args: list, cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    command = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", *map(str, args)]
-    try:
-        return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"{' '.join(command)} ran past {timeout} s:\n{err.stderr}")
-
-
-@pytest.fixture(scope="module")
-def can_torchrun(tmp_path_factory):
-    """Two gloo ranks that all-reduce a number, or a skip that says why not."""
-    if not TORCHRUN.is_file():
-        pytest.skip(f"torchrun not found at {TORCHRUN}")
-    work = tmp_path_factory.mktemp("preflight")
-    (work / "ranks.py").write_text(
-        "import torch, torch.distributed as dist\n"
-        "dist.init_process_group('gloo')\n"
-        "t = torch.tensor([dist.get_rank() + 1.0]); dist.all_reduce(t)\n"
-        "assert t.item() == 3.0, t\n"
-        "dist.destroy_process_group()\n")
-    command = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", str(work / "ranks.py")]
-    try:
-        result = subprocess.run(command, cwd=work, env=_env(), capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.skip("torchrun cannot run two gloo ranks here: a 2-rank all-reduce did not finish in 60 s")
-    if result.returncode:
-        pytest.skip(f"torchrun cannot run two gloo ranks here (exit {result.returncode}): {result.stderr[-1500:]}")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

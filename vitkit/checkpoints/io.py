@@ -103,11 +103,19 @@ def atomic_path(target: Path):
     return Path(tmp)
 
 
-def write_atomic_text(text: str, target: str | Path) -> None:
+def write_atomic_bytes(data: bytes, target: str | Path) -> None:
+    """Write `data` to `target` so that it appears whole or not at all."""
     target = Path(target)
     tmp = atomic_path(target)
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic_text(text: str, target: str | Path) -> None:
+    write_atomic_bytes(text.encode(), target)
 
 
 def write_tensors(tensors: dict[str, torch.Tensor], target: str | Path, metadata: dict[str, str] | None = None):

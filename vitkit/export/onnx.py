@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitkit.checkpoints.io import atomic_path
+from vitkit.checkpoints.io import write_atomic_bytes
 from vitkit.config import PreprocessSpec, ViTConfig
 from vitkit.models.pos_embed import relative_position_index, resample_abs_pos_embed, resample_rel_pos_table
 from vitkit.models.vit import VisionTransformer
@@ -467,13 +467,7 @@ def export_onnx(model_or_net, out: str | Path | None, *, spec: PreprocessSpec | 
     except OnnxExportError as err:
         raise OnnxExportError(f"{err}; {out if out is not None else 'nothing'} was not written") from err
     if out is not None:
-        out = Path(out)
-        tmp = atomic_path(out)
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic_bytes(data, out)
         report.path = str(out)
     return report
 

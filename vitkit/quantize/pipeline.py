@@ -20,12 +20,12 @@ Try it:  vitkit quantize --model ../shared/weights/deit-tiny-patch16-224/model.s
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from vitkit.checkpoints.io import write_atomic_bytes, write_atomic_text
 from vitkit.data.sources import expand_inputs
 from vitkit.quantize.build import build_int8
 from vitkit.quantize.data import calibration_pixels, eval_set, load_pixels
@@ -198,15 +198,7 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
                                                                    "embedding_cosine")}
         data = add_metadata(quantized, net, spec, dynamic_batch=dynamic_batch, source=report["model"],
                             quantization=summary, dtype="fp16" if method == "fp16" else "int8")
-        from vitkit.checkpoints.io import atomic_path
-
-        target = Path(out)
-        tmp = atomic_path(target)
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic_bytes(data, out)
         report["written"] = True
         report["size_mb"]["file"] = _size_mb(data)
     _write_md(report, report_md)
@@ -215,6 +207,4 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
 
 def _write_md(report: dict, path: str | None) -> None:
     if path:
-        from vitkit.checkpoints.io import write_atomic_text
-
         write_atomic_text(markdown(report), path)
