@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Commands that live beside their feature. Each module's add_commands(sub, model_args, runtime_args) adds its
 # subparsers and sets `handler=` (a function args -> exit code) on each; it imports nothing heavy at module level.
-FEATURE_CLIS = ("vitkit.quantize.cli", "vitkit.explain.cli")
+FEATURE_CLIS = ("vitkit.quantize.cli", "vitkit.explain.cli", "vitkit.index.cli", "vitkit.service.cli")
 
 # `vitkit eval retrieval FOLDER` is the command "eval-retrieval" (`vitkit eval FOLDER` stays classification)
 _SUBCOMMAND_ALIASES = {("eval", "retrieval"): "eval-retrieval"}

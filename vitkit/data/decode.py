@@ -33,6 +33,10 @@ class ImageDecodeError(ValueError):
     """The input cannot be turned into an RGB image; the message says why in plain words."""
 
 
+class ImageTooLarge(ImageDecodeError):
+    """The image's width * height exceeds `max_pixels` (a decompression-bomb guard)."""
+
+
 def decode_image(
     source: str | Path | bytes,
     *,
@@ -41,7 +45,7 @@ def decode_image(
 ) -> Image.Image:
     """Decode `source` (a path or the file's bytes) into an 8-bit RGB image.
 
-    - Larger than `max_pixels` (width * height from the header): refused before decoding.
+    - Larger than `max_pixels` (width * height from the header): refused before decoding (ImageTooLarge).
     - `draft_size`: for JPEGs, let the decoder shrink by 1/2, 1/4 or 1/8 while keeping both sides at
       least `draft_size` (much faster on large photos; pixels differ slightly from a full decode).
     - Truncated data is an error, not a partially grey image.
@@ -90,7 +94,7 @@ def _decode_stream(stream: BinaryIO, max_pixels: int, draft_size: int | None) ->
 
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageDecodeError(
+        raise ImageTooLarge(
             f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP exceeds the "
             f"{max_pixels / 1e6:.1f} MP limit (raise max_pixels to allow it)"
         )

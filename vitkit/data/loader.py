@@ -52,13 +52,15 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
 
 def iter_batches(paths: list[str], spec: PreprocessSpec, batch_size: int = 16, workers: int = 0,
                  max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False, pin_memory: bool = False,
-                 plan: list[list[int]] | None = None) -> Iterator[Batch]:
+                 plan: list[list[int]] | None = None, start_method: str | None = None) -> Iterator[Batch]:
     """Batches over `paths` in order, or over an explicit `plan` (lists of positions in `paths`, e.g. the
     unfinished chunks of a resumed job). Workers decode ahead while the caller runs the model; memory stays
-    bounded by `workers * prefetch` batches whatever the number of inputs."""
+    bounded by `workers * prefetch` batches whatever the number of inputs. `start_method` ("forkserver",
+    "spawn") starts workers without forking the caller, for callers whose libraries must not be forked."""
     if plan is None:
         plan = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
     dataset = ImageFiles(paths, spec, max_pixels, draft)
     loader = DataLoader(dataset, batch_sampler=plan, num_workers=workers, collate_fn=_collate,
-                        pin_memory=pin_memory, prefetch_factor=4 if workers else None)
+                        pin_memory=pin_memory, prefetch_factor=4 if workers else None,
+                        multiprocessing_context=start_method if workers else None)
     yield from loader

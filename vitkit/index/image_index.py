@@ -1,0 +1,158 @@
+"""`ImageIndex`: the Python API of the image index (a LanceDB folder of image embeddings with their files).
+
+    import vitkit
+    from vitkit.index import ImageIndex
+    model = vitkit.load("vitkit/assets/digits-vit")
+    idx = ImageIndex.create("digits.db", model)                 # records model, pool, preprocessing, dim
+    idx.add(["digits/"], model, class_folders=True)             # incremental; identical files stored once
+    hits = idx.search_images(model, ["query.png"], k=5)[0]      # [Hit(id, path, score, label), ...]
+    idx.get(hits[0].id)                                         # the stored row: path, hash, size, mtime, label
+
+An index accepts vectors from one model only: the model's identity is its pooling, dimension, preprocessing
+and a probe (its vector for a fixed synthetic image, equal up to 0.99 cosine across backends and dtypes);
+`check_model` refuses anything else with `IndexMismatch`.
+
+Try it:  python -m pytest tests/test_index.py -q
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vitkit.api import ImageInput, Model
+from vitkit.index.dups import DupPair, near_duplicates
+from vitkit.index.embedding import check_pool, model_id
+from vitkit.index.ingest import AddReport, add_images, remove_paths
+from vitkit.index.search import Hit, ann_recall, build_ann, search
+from vitkit.index.store import ID_PATTERN, IndexMeta, Store
+
+PROBE_SIDE = 96
+PROBE_MIN_COSINE = 0.99
+
+
+class IndexMismatch(ValueError):
+    """The model (or pooling) is not the one the index was built with: their vectors are not comparable."""
+
+
+def probe_image(side: int = PROBE_SIDE) -> Image.Image:
+    """A fixed synthetic RGB image: red and green ramps and a blue checkerboard."""
+    y, x = np.mgrid[0:side, 0:side]  # (H, W) each
+    checker = ((x // 8 + y // 8) % 2) * 255
+    rgb = np.stack([x * 255 // (side - 1), y * 255 // (side - 1), checker], axis=-1)  # (H, W, 3)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def probe_vector(model: Model, pool: str) -> np.ndarray:
+    return model.embed([probe_image()], pool=pool)[0].numpy()  # (D,)
+
+
+class ImageIndex:
+    def __init__(self, store: Store):
+        self.store = store
+
+    @classmethod
+    def create(cls, db_path: str | Path, model: Model, pool: str | None = None,
+               arch: str | None = None) -> ImageIndex:
+        """A new index in the folder `db_path` for `model` with `pool` (default: the model's own pooling);
+        `arch` is recorded so that the model can be reloaded from a weights file without config."""
+        pool = check_pool(pool or model.default_pool)
+        probe = probe_vector(model, pool)
+        preprocess = json.loads(json.dumps(model.spec.to_dict()))
+        meta = IndexMeta(model_id(model), arch, pool, len(probe), preprocess, tuple(float(v) for v in probe))
+        return cls(Store.create(db_path, meta))
+
+    @classmethod
+    def open(cls, db_path: str | Path) -> ImageIndex:
+        return cls(Store.open(db_path))
+
+    @property
+    def meta(self) -> IndexMeta:
+        return self.store.meta
+
+    @property
+    def info(self) -> dict:
+        m, ann = self.meta, self.store.vector_index()
+        return {"path": str(self.store.path), "count": self.store.count(), "model": m.model, "arch": m.arch,
+                "pool": m.pool, "dim": m.dim, "preprocess": m.preprocess,
+                "ann": None if ann is None else {"type": ann.index_type, "indexed_rows": ann.num_indexed_rows,
+                                                 "unindexed_rows": ann.num_unindexed_rows}}
+
+    def check_model(self, model: Model, pool: str | None = None) -> None:
+        """Raise IndexMismatch, naming both models, unless `model` (and `pool`) give this index's vectors."""
+        m = self.meta
+        reasons = []
+        if pool and pool != m.pool:
+            reasons.append(f"pool {pool} instead of {m.pool}")
+        theirs = json.loads(json.dumps(model.spec.to_dict()))
+        changed = [f"{key} {theirs.get(key)} instead of {m.preprocess.get(key)}"
+                   for key in sorted(set(theirs) | set(m.preprocess)) if theirs.get(key) != m.preprocess.get(key)]
+        if changed:
+            reasons.append("preprocessing " + ", ".join(changed))
+        probe = probe_vector(model, m.pool)
+        if len(probe) != m.dim:
+            reasons.append(f"{len(probe)}-d vectors instead of {m.dim}-d")
+        elif float(probe @ np.asarray(m.probe, np.float32)) < PROBE_MIN_COSINE:
+            reasons.append("other weights (its vector for a fixed probe image differs)")
+        if reasons:
+            raise IndexMismatch(f"{self.store.path} was built with model {m.model} (pool {m.pool}, {m.dim}-d); "
+                                f"model {model_id(model)} gives incomparable vectors: {'; '.join(reasons)}. "
+                                "Use the index's model, or another index folder")
+
+    def add(self, paths: list[str], model: Model, pool: str | None = None, **options) -> AddReport:
+        """Index the images of `paths` (files, folders, globs) with the index's model (and pool): see
+        `vitkit.index.ingest.add_images` for the options."""
+        self.check_model(model, pool)
+        return add_images(self.store, model, paths, **options)
+
+    def remove(self, paths: list[str] | None = None, missing_only: bool = False) -> int:
+        """Remove these files (folders: every indexed file below them; None: all), or only those gone from
+        disk with `missing_only`. Returns the number of files removed."""
+        return remove_paths(self.store, paths, missing_only)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, exact: bool = False) -> list[list[Hit]]:
+        """(Q, D) query vectors (normalised here) -> per query the k most similar images, best first."""
+        return search(self.store, vectors, k, exact)
+
+    def search_images(self, model: Model, images: list[ImageInput], k: int = 10,
+                      exact: bool = False) -> list[list[Hit]]:
+        """Embed `images` (paths, bytes or PIL images) with the index's pooling, then `search_vectors`."""
+        return self.search_vectors(model.embed(images, pool=self.meta.pool).numpy(), k, exact)
+
+    def get(self, hit_id: str) -> dict | None:
+        """The stored row of a content id: path (its first file), hash, size, mtime, label and every file.
+        Anything that is not a stored id (including any string that is not 64 hex digits) gives None."""
+        if not isinstance(hit_id, str) or not ID_PATTERN.fullmatch(hit_id):
+            return None
+        row = self.store.rows([hit_id]).get(hit_id)
+        if row is None:
+            return None
+        first = row.files[0]
+        return {"id": row.id, "hash": row.id, "path": first.path, "size": row.size, "mtime": first.mtime,
+                "label": first.label, "files": [asdict(f) for f in row.files]}
+
+    def build_ann(self) -> None:
+        build_ann(self.store)
+
+    def duplicates(self, threshold: float = 0.95) -> list[DupPair]:
+        return near_duplicates(self.store, threshold)
+
+    def stats(self, check: bool = False, samples: int = 100) -> dict:
+        """`info` plus the number of files, labels and bytes on disk; with `check`, the table's integrity
+        (`Store.integrity`) and the ANN index's recall@10 against exact search over `samples` queries."""
+        files, labels = 0, set()
+        for batch in self.store.scan(["files"]):
+            for row_files in batch.column("files").to_pylist():
+                files += len(row_files)
+                labels.update(f["label"] for f in row_files if f["label"] is not None)
+        size = sum(p.stat().st_size for p in self.store.path.rglob("*") if p.is_file())
+        out = self.info | {"files": files, "labels": len(labels), "bytes": size}
+        if check:
+            queries = min(samples, out["count"]) if out["ann"] else 0
+            recall = ann_recall(self.store, 10, samples) if queries else None
+            out["check"] = self.store.integrity() | {"ann_recall@10": recall, "ann_recall_queries": queries}
+        return out

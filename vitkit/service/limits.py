@@ -1,0 +1,67 @@
+"""Request-body limits, enforced while the body streams in, before any route parses it: more than
+`max_bytes` is refused with 413 (at once when Content-Length says so, else as soon as the count passes it),
+and a body still incomplete `timeout_s` after the request began is refused with 408 (a slow-upload attack
+would otherwise hold a connection and a buffer for as long as it likes).
+
+Try it:  python -m pytest tests/test_service_api.py -q -k "too_large or slow"
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vitkit.service.errors import BadRequest, PayloadTooLarge, RequestTimeout
+
+
+class BodyLimit:
+    """ASGI middleware: wraps `receive` of every HTTP request (see the module doc)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check_length(scope)
+        except (BadRequest, PayloadTooLarge) as err:
+            await err.response()(scope, receive, send)
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _check_length(self, scope: Scope) -> None:
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is None:
+            return
+        if not declared.isdigit():
+            raise BadRequest("invalid Content-Length header")
+        if int(declared) > self.max_bytes:
+            raise PayloadTooLarge(f"{self._too_large()} (Content-Length: {int(declared)})")
+
+    def _limited(self, receive: Receive) -> Receive:
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        received, complete = 0, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, complete
+            if complete:  # after the body: e.g. waiting for a disconnect, no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(self._too_large())
+            return message
+
+        return limited_receive
+
+    def _too_large(self) -> str:
+        return f"request body exceeds the limit of {self.max_bytes} bytes"

@@ -1,0 +1,192 @@
+"""The HTTP routes: /v1 (classify, embed, search, models, thumbnails; behind the optional API key),
+/healthz, /readyz and /metrics. Each route decodes its upload in a thread pool (at most
+`Limits.decode_concurrency` at once), hands the pixels to the shared `Engine` and awaits the result for at
+most `Limits.timeout_s`; each failure it knows has its own status (see errors.py).
+
+Try it:  curl -F file=@cat.jpg "localhost:8000/v1/classify?top_k=3"
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import torch
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from vitkit.data.decode import ImageDecodeError, ImageTooLarge
+from vitkit.service.auth import require_key
+from vitkit.service.engine import Engine, EngineBusy, EngineStopped, ModelFailure
+from vitkit.service.errors import (
+    Busy,
+    ModelError,
+    NotFound,
+    PayloadTooLarge,
+    ResultTimeout,
+    Unprocessable,
+    documented,
+)
+from vitkit.service.schemas import (
+    MAX_K,
+    MAX_TOP_K,
+    ClassifyResponse,
+    EmbedResponse,
+    IndexInfo,
+    Label,
+    ModelInfo,
+    ModelsResponse,
+    SearchHit,
+    SearchResponse,
+    Status,
+)
+from vitkit.service.thumbnails import thumbnail_jpeg
+from vitkit.service.uploads import IMAGE_BODY, read_image
+
+LABELS_SAMPLE = 10
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 20 * 2**20  # whole request body (base64 in JSON adds a third)
+    timeout_s: float = 30.0  # for the body to arrive, and again for the model's answer
+    decode_concurrency: int = 4  # uploads decoded at once: each may hold width * height * 3 bytes
+
+
+@dataclass
+class Service:
+    """What the routes share, kept on `app.state.service`."""
+
+    engine: Engine
+    index: object | None  # vitkit.index.ImageIndex, or anything with its info / search_vectors / get
+    api_key: str | None
+    pool: str  # pooling of /v1/embed
+    index_pool: str | None  # pooling the index's vectors were made with: /v1/search's
+    limits: Limits
+    decode_slots: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)  # made again at each startup
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model.source
+
+    def describe(self) -> ModelsResponse:
+        model = self.engine.model
+        info = ModelInfo(id=self.model_id, family=model.config.family, input_size=model.spec.input_size,
+                         num_classes=model.config.num_classes, embedding_dim=model.embedding_shape(self.pool)[0],
+                         pool=self.pool, preprocess=model.spec.to_dict(),
+                         labels_sample=list(model.labels[:LABELS_SAMPLE]))
+        index = None
+        if self.index is not None:
+            found = self.index.info  # one read of the index's state
+            index = IndexInfo(**{key: found[key] for key in ("count", "model", "pool", "dim")})
+        return ModelsResponse(models=[info], index=index)
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def _pixels(request: Request, service: Service) -> torch.Tensor:
+    data = await read_image(request)
+    async with service.decode_slots:
+        try:
+            return await run_in_threadpool(service.engine.prepare, data)
+        except ImageTooLarge as err:
+            raise PayloadTooLarge(str(err)) from None
+        except ImageDecodeError as err:
+            raise Unprocessable(str(err)) from None
+
+
+async def _infer(service: Service, kind: str, pixels: torch.Tensor, option: int | str):
+    try:
+        future = service.engine.submit(kind, pixels, option)
+    except (EngineBusy, EngineStopped) as err:
+        raise Busy(f"{err}: retry shortly") from None
+    try:
+        async with asyncio.timeout(service.limits.timeout_s):  # on expiry the queued request is dropped
+            return await asyncio.wrap_future(future)
+    except TimeoutError:
+        raise ResultTimeout(f"the model did not answer within {service.limits.timeout_s:g} s (server overloaded)"
+                            ) from None
+    except ModelFailure as err:
+        raise ModelError(str(err)) from err
+
+
+def _index(service: Service):
+    if service.index is None:
+        raise NotFound("this server has no image index: start it with --index DB to search")
+    return service.index
+
+
+IMAGE_ERRORS = documented(400, 401, 408, 413, 415, 422, 500, 503, 504)  # 500: the model itself failed
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+
+@api.post("/classify", response_model=ClassifyResponse, responses=IMAGE_ERRORS | documented(404),
+          openapi_extra=IMAGE_BODY, summary="Top-k labels of one image")
+async def classify(request: Request, top_k: int = Query(5, ge=1, le=MAX_TOP_K)) -> ClassifyResponse:
+    service = _service(request)
+    if not service.engine.model.config.num_classes:
+        raise NotFound(f"{service.model_id} has no classifier head: use /v1/embed or /v1/search")
+    predictions = await _infer(service, "classify", await _pixels(request, service), top_k)
+    return ClassifyResponse(model=service.model_id, top_k=[Label(**p.to_dict()) for p in predictions])
+
+
+@api.post("/embed", response_model=EmbedResponse, responses=IMAGE_ERRORS, openapi_extra=IMAGE_BODY,
+          summary="The embedding of one image")
+async def embed(request: Request) -> EmbedResponse:
+    service = _service(request)
+    vector = await _infer(service, "embed", await _pixels(request, service), service.pool)
+    return EmbedResponse(model=service.model_id, pool=service.pool, dim=len(vector), embedding=vector.tolist())
+
+
+@api.post("/search", response_model=SearchResponse, responses=IMAGE_ERRORS | documented(404),
+          openapi_extra=IMAGE_BODY, summary="The indexed images most similar to one image")
+async def search(request: Request, k: int = Query(10, ge=1, le=MAX_K)) -> SearchResponse:
+    service = _service(request)
+    index = _index(service)
+    vector = await _infer(service, "embed", await _pixels(request, service), service.index_pool)
+
+    def look_up():
+        return index.search_vectors(vector[None], k)[0], index.info["count"]  # vector (D,) -> queries (1, D)
+
+    hits, count = await run_in_threadpool(look_up)
+    return SearchResponse(model=service.model_id, indexed=count, hits=[
+        SearchHit(id=h.id, path=h.path, label=h.label, score=h.score, thumbnail=f"/v1/thumbnail/{h.id}")
+        for h in hits])
+
+
+@api.get("/models", response_model=ModelsResponse, responses=documented(401), summary="The served model")
+async def models(request: Request) -> ModelsResponse:
+    return await run_in_threadpool(_service(request).describe)
+
+
+@api.get("/thumbnail/{hit_id}", response_class=Response, responses={
+    200: {"content": {"image/jpeg": {}}, "description": "a JPEG of at most 256 x 256"}, **documented(401, 404, 422)},
+    summary="Thumbnail of an indexed image, by the id a search hit gave")
+async def thumbnail(request: Request, hit_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,128}$")) -> Response:
+    service = _service(request)
+    data = await run_in_threadpool(thumbnail_jpeg, _index(service), hit_id, max_pixels=service.engine.max_pixels)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+probes = APIRouter()
+
+
+@probes.get("/healthz", response_model=Status, summary="The process is up")
+async def healthz() -> Status:
+    return Status(status="ok")
+
+
+@probes.get("/readyz", response_model=Status, responses=documented(503), summary="The model is loaded and running")
+async def readyz(request: Request) -> Status:
+    if not _service(request).engine.ready:
+        raise Busy("the model is not running (starting up or shutting down)")
+    return Status(status="ready")
+
+
+@probes.get("/metrics", response_class=Response, dependencies=[Depends(require_key)],
+            responses={200: {"content": {"text/plain": {}}}, **documented(401)}, summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics
+    return Response(registry.render(), media_type=registry.content_type)

@@ -1,0 +1,57 @@
+"""The image bytes of a POST: multipart/form-data with the file in field `file`, or JSON {"image": base64}.
+Anything else is refused with the status that says why: 415 (another content type), 400 (a body that does
+not parse), 422 (a body that parses but holds no image field). Size and time limits are `limits.BodyLimit`'s.
+
+Try it:  curl -F file=@cat.jpg localhost:8000/v1/classify
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from vitkit.service.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from vitkit.service.schemas import ImageRequest
+
+# the OpenAPI requestBody of every route that takes an image
+IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary", "description": "the image file"}}}},
+    "application/json": {"schema": ImageRequest.model_json_schema()},
+}}}
+
+
+async def read_image(request: Request) -> bytes:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data":
+        return await _from_form(request)
+    if media == "application/json":
+        return await _from_json(request)
+    raise UnsupportedMediaType(f"send the image as multipart/form-data (field 'file') or as application/json "
+                               f"({{\"image\": BASE64}}), not {media or 'a body without Content-Type'}")
+
+
+async def _from_form(request: Request) -> bytes:
+    async with request.form(max_files=1, max_fields=16) as form:  # malformed multipart: Starlette answers 400
+        upload = form.get("file")
+        if upload is None:
+            raise Unprocessable("the multipart body has no field 'file': send the image as file=@IMAGE")
+        if not isinstance(upload, UploadFile):
+            raise Unprocessable("multipart field 'file' must be a file upload (with a filename), not a text field")
+        return await upload.read()
+
+
+async def _from_json(request: Request) -> bytes:
+    try:
+        payload = ImageRequest.model_validate_json(await request.body())
+    except ValidationError as err:
+        if any(e["type"] == "json_invalid" for e in err.errors()):
+            raise BadRequest(f"the body is not valid JSON: {err.errors()[0]['msg']}") from None
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
+    try:
+        return payload.image_bytes()
+    except ValueError as err:
+        raise BadRequest(str(err)) from None
