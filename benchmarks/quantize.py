@@ -11,8 +11,9 @@ built twice, calibrated on one fold and evaluated on the other, so all 100 top-1
 Quality per recipe: top-1 agreement with the fp32 graph, top-1 accuracy of both on the true labels, cosine
 similarity of the embeddings (pre-logits), file size. Speed: model only, batch 1 (an image at a time, as a service
 sees it), median of interleaved rounds (vitkit.quantize.report.measure_speed, each round after waiting for a quiet
-CPU) of every recipe's graph, onnxruntime fp32, transformers (sdpa, fp32) and vitkit bf16, all in this one run;
-speed-ups are medians of per-round ratios against onnxruntime fp32.
+CPU) of every recipe's graph, onnxruntime fp32, transformers (sdpa, fp32) and vitkit bf16, all in this one run, once
+per --threads value (default 2 and 1 intra-op threads per runtime); speed-ups are medians of per-round ratios against
+onnxruntime fp32 with the same threads.
 
 With --write, the page also holds the report `vitkit quantize` itself prints for the default recipe, calibrated on
 the odd rows and evaluated on the even ones (the same call as the command line).
@@ -68,6 +69,15 @@ attention-weighted sum, GELU and the residual adds stay in float: only weight GE
 Top-1 agreement and accuracy are out of sample: the photos are split in two folds, each recipe is calibrated on one
 fold and evaluated on the other, and the 100 answers are pooled. The bf16 row is vitkit's PyTorch bf16 path on the same
 CPU, for comparison.
+
+Threads matter on this CPU (2-core Xeon with AVX-512 VNNI and AMX). At batch 1, onnxruntime's INT8 kernels gain less
+from a second thread than its fp32 kernels do: with one thread per runtime (one single-threaded session per core, the
+throughput layout of a multi-core server) the default recipe runs 1.9-2.0x onnxruntime fp32 (runs differ); with both
+cores on one image, about 1.5x. Both are measured below, in the same run. So the issue's target (>= 97% agreement at
+>= 2x) is met on agreement (98%) but only at the edge of the speed target, and only single-threaded. The issue's own
+figure of ~2.3x for plain dynamic INT8 came from other hardware: here plain dynamic INT8 is ~1.3x (2 threads) to ~1.7x
+(1 thread), because fp32 on AVX-512 is relatively strong. On this CPU vitkit's bf16 (AMX) path is as fast as the best
+INT8 graph, at 100% agreement.
 
 Why `--backend torch` is refused: PyTorch's INT8 paths were slower than fp32 here. torch.ao's dynamic INT8 linear
 layers (built on quantized tensors, which PyTorch 2.13 deprecates) ran DeiT-Tiny at 82-91 img/s against 106-119 for
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", type=int, default=4, help="calibration crops per photo")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved speed rounds")
     parser.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait for a quiet CPU per round")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                        help="intra-op threads of every runtime; one speed table per value (default: 2 1)")
     parser.add_argument("--write", metavar="FILE.md", help="write the page (tables + the CLI's report)")
     args = parser.parse_args(argv)
     if not Path(args.model).exists() or not (Path(args.photos) / "labels.csv").is_file():
@@ -155,21 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"building {name} (twice: one per fold)", flush=True)
         quality[name], graphs[name] = _cross_validated(model, name, pixels, paths, targets, folds, ref, args.views)
-    bf16_quality, bf16_run = _bf16_row(args.model, args.arch, pixels, targets, ref)
-
-    x = pixels[:1]
-    runners = {"onnxruntime fp32": lambda p: ref(p, [LOGITS])}
-    for name in names:
-        runner = OrtRunner(graphs[name])
-        runners[f"INT8 {name}"] = lambda p, r=runner: r(p, [LOGITS])
+    quality["vitkit bf16 (PyTorch)"], bf16_run = _bf16_row(args.model, args.arch, pixels, targets, ref)
     hf = transformers_runner(model.net, model.spec)
-    if callable(hf):
-        runners["transformers sdpa fp32"] = hf
-    runners["vitkit bf16 (PyTorch)"] = bf16_run
-    print(f"speed: {len(runners)} runtimes, {args.rounds} interleaved rounds, batch 1", flush=True)
-    speed = measure_speed(runners, x, rounds=args.rounds, quiet_wait_s=args.quiet_wait, baseline="onnxruntime fp32")
 
-    lines = _tables(names, quality, bf16_quality, speed, len(paths), args)
+    speeds, default_threads = {}, torch.get_num_threads()
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        fp32_run = OrtRunner(fp32, threads=threads)
+        runners = {"onnxruntime fp32": lambda p, r=fp32_run: r(p, [LOGITS])}
+        for name in names:
+            runners[name] = lambda p, r=OrtRunner(graphs[name], threads=threads): r(p, [LOGITS])
+        if callable(hf):
+            runners["transformers sdpa fp32"] = hf
+        runners["vitkit bf16 (PyTorch)"] = bf16_run
+        print(f"speed: {len(runners)} runtimes, {threads} thread(s) each, {args.rounds} interleaved rounds, batch 1",
+              flush=True)
+        speeds[threads] = measure_speed(runners, pixels[:1], rounds=args.rounds, quiet_wait_s=args.quiet_wait,
+                                        baseline="onnxruntime fp32")
+
+    torch.set_num_threads(default_threads)
+    lines = _tables(names, quality, speeds, len(paths), args.views)
     print("\n".join(lines))
     if args.write:
         lines = [INTRO, *lines, *_cli_section(model, photos, rows)]
@@ -178,32 +195,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _tables(names, quality, bf16_quality, speed, n_photos, args) -> list[str]:
+def _tables(names, quality, speeds, n_photos, views) -> list[str]:
+    """Quality per recipe (out of sample), then speed per thread count."""
     fp32_acc = quality[names[0]]["accuracy"]["fp32"]
-    up = speed["speedup"]
-    vs_hf = up.get("transformers sdpa fp32")
-    lines = ["| recipe | what it adds | top-1 agreement | accuracy (fp32 " + f"{fp32_acc:.0%})" +
-             " | embedding cosine mean (min) | MB | img/s | x ort fp32 |" + (" x transformers |" if vs_hf else ""),
-             "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if vs_hf else "")]
-    for name in names:
-        q = quality[name]
-        key = f"INT8 {name}"
-        c = q["embedding_cosine"]
-        lines.append(f"| {name} | {q['describe']} | {q['top1_agreement']:.0%} | {q['accuracy']['quantized']:.0%} "
-                     f"| {c['mean']:.4f} ({c['min']:.3f}) | {q['size_mb']} | {speed['img_s'][key]:.1f} "
-                     f"| {up[key]:.2f}x |" + (f" {up[key] / vs_hf:.2f}x |" if vs_hf else ""))
-    b = bf16_quality
-    lines.append(f"| (vitkit bf16, PyTorch) | bf16 weights and activations, AMX | {b['top1_agreement']:.0%} | "
-                 f"{b['accuracy']['quantized']:.0%} | - | - | {speed['img_s']['vitkit bf16 (PyTorch)']:.1f} | "
-                 f"{up['vitkit bf16 (PyTorch)']:.2f}x |" + (f" {up['vitkit bf16 (PyTorch)'] / vs_hf:.2f}x |" if vs_hf
-                                                             else ""))
-    lines += ["", f"Reference speeds, same run: onnxruntime fp32 {speed['img_s']['onnxruntime fp32']:.1f} img/s"
-              + (f", transformers sdpa fp32 {speed['img_s']['transformers sdpa fp32']:.1f} img/s "
-                 f"({vs_hf:.2f}x onnxruntime fp32)" if vs_hf else "")
-              + f". {n_photos} photos, each evaluated by the recipe calibrated on the other fold ({args.views} crops "
-              f"per calibration photo). Batch 1, median of {speed['rounds']} interleaved rounds, "
-              f"{speed['quiet_rounds']} of them on a quiet CPU (other load up to {speed['other_load_max']:.2f} "
-              "cores)."]
+    lines = [f"| recipe | what it adds | top-1 agreement | accuracy (fp32 {fp32_acc:.0%}) | embedding cosine mean (min) "
+             "| MB |", "|---|---|---:|---:|---:|---:|"]
+    for name, q in quality.items():
+        c = q.get("embedding_cosine", {"mean": float("nan"), "min": float("nan")})
+        lines.append(f"| {name} | {q.get('describe', 'bf16 weights and activations, on AMX')} "
+                     f"| {q['top1_agreement']:.0%} | {q['accuracy']['quantized']:.0%} | {c['mean']:.4f} ({c['min']:.3f}) "
+                     f"| {q.get('size_mb', '-')} |")
+    lines += ["", f"{n_photos} photos, each evaluated by the recipe calibrated on the other fold ({views} crops per "
+                  "calibration photo). Accuracy is top-1 on the true labels.", "",
+              "Speed, model only, batch 1 (img/s, and the ratio to onnxruntime fp32 with the same threads):", ""]
+    header = "| runtime |" + "".join(f" {t} thread{'s' if t > 1 else ''}: img/s | x ort fp32 |" for t in speeds)
+    lines += [header, "|---|" + "---:|---:|" * len(speeds)]
+    for name in speeds[next(iter(speeds))]["img_s"]:
+        lines.append(f"| {name} |" + "".join(f" {sp['img_s'][name]:.1f} | {sp['speedup'][name]:.2f}x |"
+                                           for sp in speeds.values()))
+    for threads, sp in speeds.items():
+        lines.append(f"\n{threads} thread(s): median of {sp['rounds']} interleaved rounds, {sp['quiet_rounds']} of them "
+                     f"on a quiet CPU (other load up to {sp['other_load_max']:.2f} cores).")
     return lines
 
 
@@ -223,6 +235,7 @@ def _cli_section(model, photos: Path, rows: list[dict]) -> list[str]:
     report["eval"]["folder"] = "50 held-out photos (even rows of ../shared/images labels.csv)"
     report["calibration"]["source"] = "the 50 other photos (odd rows)"
     report["out"] = "deit-tiny-int8.onnx"
+    report["model"] = f"DeiT-Tiny ({Path(report['model']).parent.name})"
     page = markdown(report).splitlines()
     page[0] = "## What `vitkit quantize` prints (default recipe, " + page[0].removeprefix("# ") + ")"
     return ["", *page]
