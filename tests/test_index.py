@@ -187,6 +187,29 @@ def test_another_model_or_pool_is_refused_naming_both(tmp_path, model):
         ImageIndex.open(tmp_path / "nothing-here")
 
 
+def test_one_writer_at_a_time(tmp_path, model):
+    """A second writer (another process in `index add`) is refused at once with a clear error; the lock goes with
+    its holder, so the next add works."""
+    import subprocess
+
+    index = ImageIndex.create(tmp_path / "db", model)
+    paths = write_images(tmp_path / "imgs", 3, seed=4)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / "db" / "write.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match="another process is writing to the index"):
+            index.add([str(p) for p in paths], model)
+        with pytest.raises(RuntimeError, match="another process is writing"):
+            index.remove()
+        assert index.info["count"] == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert index.add([str(p) for p in paths], model).embedded == 3 and index.info["count"] == 3
+
+
 def test_add_builds_the_ann_index_past_its_threshold(tmp_path, model, report):
     write_images(tmp_path / "many", MIN_ANN_ROWS + 40, seed=3)
     index = ImageIndex.create(tmp_path / "db", model)

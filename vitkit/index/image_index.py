@@ -107,12 +107,14 @@ class ImageIndex:
         """Index the images of `paths` (files, folders, globs) with the index's model (and pool): see
         `vitkit.index.ingest.add_images` for the options."""
         self.check_model(model, pool)
-        return add_images(self.store, model, paths, **options)
+        with self.store.writing():
+            return add_images(self.store, model, paths, **options)
 
     def remove(self, paths: list[str] | None = None, missing_only: bool = False) -> int:
         """Remove these files (folders: every indexed file below them; None: all), or only those gone from
         disk with `missing_only`. Returns the number of files removed."""
-        return remove_paths(self.store, paths, missing_only)
+        with self.store.writing():
+            return remove_paths(self.store, paths, missing_only)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, exact: bool = False) -> list[list[Hit]]:
         """(Q, D) query vectors (normalised here) -> per query the k most similar images, best first."""
@@ -136,7 +138,8 @@ class ImageIndex:
                 "label": first.label, "files": [asdict(f) for f in row.files]}
 
     def build_ann(self) -> None:
-        build_ann(self.store)
+        with self.store.writing():
+            build_ann(self.store)
 
     def duplicates(self, threshold: float = 0.95) -> list[DupPair]:
         return near_duplicates(self.store, threshold)

@@ -11,6 +11,7 @@ were made (`IndexMeta`): model, pooling, preprocessing, dimension and a probe em
 
 Every change is one `commit`: a single LanceDB merge_insert that inserts, updates and deletes rows together,
 so a writer killed at any moment leaves the table at its previous commit (LanceDB versions are atomic).
+One writer at a time: `Store.writing()` holds `write.lock` in the DB folder (released by the OS if the writer dies).
 
 Try it:  python -c "from vitkit.index.store import Store; s = Store.open('my.db'); print(s.count(), s.meta)"
 """
@@ -20,14 +21,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lancedb
 import numpy as np
 import pyarrow as pa
+from filelock import FileLock, Timeout
 
 TABLE = "images"
+WRITE_LOCK = "write.lock"
 META_KEY = b"vitkit"
 FORMAT = 1
 SELECT_IDS = 1024  # ids per query
@@ -110,6 +114,20 @@ class Store:
         if not (path / f"{TABLE}.lance").is_dir():
             raise FileNotFoundError(f"no image index at {path} (create one with `vitkit index add {path} ...`)")
         return cls(path, lancedb.connect(path).open_table(TABLE))
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the DB's writer lock for the block; another writer gets a clear error at once instead of waiting."""
+        lock = FileLock(self.path / WRITE_LOCK, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RuntimeError(f"another process is writing to the index {self.path} (`vitkit index add` or "
+                               f"`remove`); wait for it to finish, then run this again") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def count(self) -> int:
         return self.table.count_rows()
