@@ -193,3 +193,22 @@ def test_backend_onnx_and_convert_to_onnx(tmp_path, photo):
     pixels = plain.preprocess(photo)
     assert (via_backend(pixels) - plain(pixels)).abs().max() < 1e-4
     assert converted.spec.input_size == 224 and converted.labels == plain.labels
+
+
+@pytest.mark.parametrize("module, extra", [("lancedb", "index"), ("uvicorn", "serve"), ("onnxruntime", "onnx"),
+                                           ("not_a_vitkit_extra", None)])
+def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys, module, extra):
+    """A command whose optional package is not installed says which extra installs it (no traceback); any other
+    missing module is a real bug and is not hidden."""
+    import vitkit.cli as cli_module
+
+    def needs_it(args):
+        raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+    monkeypatch.setitem(cli_module.COMMANDS, "info", needs_it)
+    if extra is None:
+        with pytest.raises(ModuleNotFoundError):
+            cli(["info", "anything"])
+        return
+    assert cli(["info", "anything"]) == 2
+    assert f"needs the optional package '{module}': pip install 'vitkit[{extra}]'" in capsys.readouterr().err

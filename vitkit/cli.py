@@ -158,6 +158,11 @@ def _parser() -> argparse.ArgumentParser:
 # subparsers and sets `handler=` (a function args -> exit code) on each; it imports nothing heavy at module level.
 FEATURE_CLIS = ("vitkit.quantize.cli", "vitkit.explain.cli", "vitkit.index.cli", "vitkit.service.cli")
 
+# optional packages -> the pyproject extra that installs them, for a clear error when one is missing
+EXTRAS = {"lancedb": "index", "filelock": "index", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve",
+          "prometheus_client": "serve", "onnx": "onnx", "onnxruntime": "onnx", "pyarrow": "parquet",
+          "matplotlib": "train"}
+
 # `vitkit eval retrieval FOLDER` is the command "eval-retrieval" (`vitkit eval FOLDER` stays classification)
 _SUBCOMMAND_ALIASES = {("eval", "retrieval"): "eval-retrieval"}
 
@@ -380,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, FileNotFoundError, KeyError, ValueError, RuntimeError, NotImplementedError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"vitkit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        extra = EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"vitkit {args.command}: error: this needs the optional package {err.name!r}: "
+              f"pip install 'vitkit[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted (a job with --output resumes where it stopped when run again)", file=sys.stderr)
