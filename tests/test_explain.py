@@ -33,7 +33,7 @@ from vitkit.data.transforms import preprocess
 from vitkit.explain import Explanation, Failed, MapSpec, explain, patch_map, rollout, seen_image
 from vitkit.explain.cli import png_names
 from vitkit.explain.maps import require_attention_maps, upsample
-from vitkit.explain.overlay import TURBO, blend, colorize, render
+from vitkit.explain.overlay import BACKGROUND, TURBO, blend, colorize, render
 from vitkit.explain.sheet import CAPTION, ERROR_FILL, GAP, write_sheets
 
 TOL = 1e-5
@@ -314,6 +314,8 @@ def test_contact_sheets_page_and_show_failures(digits, tmp_path):
     assert first.size == (2 * step_x + GAP, 2 * step_y + GAP)
     assert second.size == (2 * step_x + GAP, 1 * step_y + GAP)  # 2 tiles left
     assert first.getpixel((GAP + 60, GAP + step_y + 60)) == ERROR_FILL  # third tile: the failed input
+    corners = [first.getpixel((GAP + x, GAP + y)) for x in (0, 63) for y in (0, 63)]
+    assert BACKGROUND not in corners  # a 32 px input is scaled up to fill its 64 px tile
     with pytest.raises(ValueError, match="at least one column"):
         write_sheets(items, tmp_path, columns=0)
 

@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from vitkit.explain.explanation import Explanation, Failed
 from vitkit.explain.overlay import BACKGROUND, INK, MUTED, blend, fit, font, save_png
@@ -35,8 +35,8 @@ def tile(item: Explanation | Failed, size: int = TILE) -> Image.Image:
         draw.multiline_text((6, 6), "\n".join(lines), fill=(170, 30, 30), font=font(12), spacing=3)
         top = "unreadable"
     else:
-        overlay = blend(item.image, item.upsampled)
-        overlay.thumbnail((size, size), Image.Resampling.BICUBIC)  # keeps the aspect of non-square inputs
+        overlay = ImageOps.contain(blend(item.image, item.upsampled), (size, size), Image.Resampling.BICUBIC)
+        # (fills the tile, up or down, keeping the aspect of non-square inputs)
         cell.paste(overlay, ((size - overlay.width) // 2, (size - overlay.height) // 2))
         best = item.predictions[0] if item.predictions else None
         top = f"{best.label} {best.score:.0%}" if best else "no classifier head"
