@@ -214,7 +214,7 @@ def rows_to_arrow(rows: list[Row], schema: pa.Schema) -> pa.Table:
     vectors = np.stack([r.vector for r in rows]).astype(np.float32, copy=False)  # (n, D)
     return pa.table({
         "id": pa.array([r.id for r in rows], pa.string()),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),  # (n*D,) -> n lists of D
         "size": pa.array([r.size for r in rows], pa.int64()),
         "files": pa.array([[asdict(f) for f in r.files] for r in rows], pa.list_(FILE_TYPE)),
     }, schema=schema)
