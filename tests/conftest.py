@@ -16,7 +16,20 @@ import pytest
 import torch
 from torch import nn
 
+from vitkit.config import BEIT_FIELDS, ViTConfig
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+# Tiny versions of every model variant (milliseconds each), for tests that must cover them all
+TINY = dict(image_size=32, patch_size=8, width=48, depth=2, heads=3, mlp_dim=96, num_classes=10)
+TINY_VARIANTS = {
+    "vit": ViTConfig(**TINY),
+    "deit_distilled": ViTConfig(**TINY, dist_token=True, family="deit"),
+    "beit": ViTConfig(**TINY, **BEIT_FIELDS),
+    "beit_shared_rel_pos": ViTConfig(**TINY, **{**BEIT_FIELDS, "rel_pos_bias": "shared"}),
+    "pre_logits": ViTConfig(**TINY, pre_logits_dim=32),
+    "backbone": ViTConfig(**{**TINY, "num_classes": 0}),
+}
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 

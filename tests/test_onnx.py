@@ -40,20 +40,12 @@ from vitkit.models.vit import VisionTransformer  # noqa: E402
 from vitkit.runtime import RuntimeUnavailable, prepare  # noqa: E402
 from vitkit.runtime.onnx_backend import OnnxNet, load_onnx, onnx_from_network  # noqa: E402
 
-from conftest import SHARED, randomise_  # noqa: E402
+from conftest import SHARED, TINY_VARIANTS, randomise_  # noqa: E402
 
 WEIGHTS = SHARED / "weights" / "deit-tiny-patch16-224" / "model.safetensors"
 PHOTOS = SHARED / "images" / "imagenet-sample-100"
 TOL = 1e-4
-TINY = dict(image_size=32, patch_size=8, width=48, depth=2, heads=3, mlp_dim=96, num_classes=10)
-CONFIGS = {
-    "vit": ViTConfig(**TINY),
-    "deit_distilled": ViTConfig(**TINY, dist_token=True, family="deit"),
-    "beit": ViTConfig(**TINY, **BEIT_FIELDS),
-    "beit_shared_rel_pos": ViTConfig(**TINY, **{**BEIT_FIELDS, "rel_pos_bias": "shared"}),
-    "pre_logits": ViTConfig(**TINY, pre_logits_dim=32),
-    "backbone": ViTConfig(**{**TINY, "num_classes": 0}),
-}
+CONFIGS = TINY_VARIANTS
 SPEC = PreprocessSpec(input_size=32, crop_pct=0.875)
 needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"no photos at {PHOTOS} (../shared is absent)")
 needs_weights = pytest.mark.skipif(not (WEIGHTS.is_file() and PHOTOS.is_dir()),

@@ -24,24 +24,15 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.config import BEIT_FIELDS, ViTConfig, variant
+from vitkit.config import ViTConfig, variant
 from vitkit.models.vit import VisionTransformer
 from vitkit.runtime import PreparedViT, RuntimeUnavailable, available, cpu_bf16_native, prepare, resolve
 from vitkit.runtime.memory import release_file_pages
 from vitkit.runtime.packed_linear import InferenceBlock, PackedLinear, packing_available
 
-from conftest import SHARED, randomise_
+from conftest import SHARED, TINY, TINY_VARIANTS, randomise_
 
-TINY = dict(image_size=32, patch_size=8, width=48, depth=2, heads=3, mlp_dim=96, num_classes=10)
-CONFIGS = {
-    "vit": ViTConfig(**TINY),
-    "deit_distilled": ViTConfig(**TINY, dist_token=True, family="deit"),
-    "beit": ViTConfig(**TINY, **BEIT_FIELDS),
-    "beit_shared_rel_pos": ViTConfig(**TINY, **{**BEIT_FIELDS, "rel_pos_bias": "shared"}),
-    "pre_logits": ViTConfig(**TINY, pre_logits_dim=32),
-    "backbone": ViTConfig(**{**TINY, "num_classes": 0}),
-    "no_qkv_bias": ViTConfig(**TINY, qkv_bias="none"),
-}
+CONFIGS = {**TINY_VARIANTS, "no_qkv_bias": ViTConfig(**TINY, qkv_bias="none")}
 needs_bf16 = pytest.mark.skipif(not cpu_bf16_native(), reason="this CPU has no bf16 instructions (AVX512-BF16/AMX)")
 needs_onednn = pytest.mark.skipif(not packing_available(), reason="PyTorch built without oneDNN: nothing is packed")
 
