@@ -27,6 +27,19 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid  # (B, gh*gw, D)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
+           fused: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """q, k, v (B, heads, N, hd) -> output (B, heads, N, hd) and, on the readable path, the attention weights
+    (B, heads, N, N). fused: SDPA (no weights); else softmax(q k^T * scale + bias) written out."""
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
+    scores = (q * scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+    if bias is not None:
+        scores = scores + bias
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights  # (B, heads, N, hd)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -51,15 +64,7 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, self._qkv_bias())  # (B, N, 3*D)
         qkv = qkv.reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
-        weights = None
-        if self.fused and not need_weights:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, heads, N, hd)
-        else:
-            scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
-            if bias is not None:
-                scores = scores + bias
-            weights = scores.softmax(dim=-1)
-            out = weights @ v  # (B, heads, N, hd)
+        out, weights = attend(q, k, v, bias, self.scale, fused=self.fused and not need_weights)
         out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, heads*hd)
         return self.proj(out), weights
 

@@ -16,10 +16,9 @@ Try it:  python -m pytest tests/test_runtime.py -q -k packed
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vitkit.models.layers import Attention, Block, LayerScale, PatchEmbed
+from vitkit.models.layers import Attention, Block, LayerScale, PatchEmbed, attend
 from vitkit.runtime.memory import release_file_pages
 
 ACTIVATIONS = {"none": ("none", ""), "gelu": ("gelu", "none")}  # (oneDNN post-op, algorithm): exact erf GELU
@@ -154,14 +153,7 @@ class InferenceBlock(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
-        if self.fused and not need_weights:
-            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None  # (B, heads, N, hd)
-        else:
-            scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
-            if bias is not None:
-                scores = scores + bias
-            weights = scores.softmax(dim=-1)
-            out = weights @ v  # (B, heads, N, hd)
+        out, weights = attend(q, k, v, bias, self.scale, fused=self.fused and not need_weights)  # (B, heads, N, hd)
         return out.transpose(1, 2).reshape(B, N, D), weights  # (B, N, heads*hd)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False):
