@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,18 @@ def can_torchrun(tmp_path_factory):
         pytest.skip(f"torchrun cannot run two gloo ranks here: {err}")
     if result.returncode:
         pytest.skip(f"torchrun cannot run two gloo ranks here (exit {result.returncode}): {result.stderr[-1500:]}")
+
+
+def sigkill_when(proc: subprocess.Popen, ready, what: str, log: Path, timeout: float = 90) -> None:
+    """SIGKILL `proc` as soon as `ready()` is true (polled every 5 ms); the test fails, with `log`'s text, if the
+    process ends first or `what` has not happened after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"not {what} after {timeout} s:\n{log.read_text()}")
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL

@@ -34,10 +34,8 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +54,8 @@ from vitkit.train.config import TrainConfig
 from vitkit.train.optim import layer_id
 from vitkit.train.schedule import lr_at
 from vitkit.train.trainer import Trainer
+
+from conftest import sigkill_when
 
 CLASSES = ("blue", "green", "red", "yellow")
 COLOURS = {"blue": (40, 60, 200), "green": (40, 170, 60), "red": (200, 40, 40), "yellow": (210, 200, 40)}
@@ -553,16 +553,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(images, base, tmp_path,
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-c", SLOW_STEP, *finetune_args(images, base, out, *extra)],
                                 stdout=subprocess.DEVNULL, stderr=fh, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 90
-    while _step_rows_logged(out / "log.jsonl") < 3:
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before 3 steps were logged:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no 3 steps logged after 90 s:\n{log.read_text()}")
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    sigkill_when(proc, lambda: _step_rows_logged(out / "log.jsonl") >= 3, "3 steps were logged", log)
     logged = _step_rows_logged(out / "log.jsonl")
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["state"]
     assert 3 <= logged < 12, "killed mid-run"

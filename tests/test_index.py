@@ -194,9 +194,10 @@ def test_one_writer_at_a_time(tmp_path, model):
 
     index = ImageIndex.create(tmp_path / "db", model)
     paths = write_images(tmp_path / "imgs", 3, seed=4)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
-                               "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)",
-                               str(tmp_path / "db" / "write.lock")], stdout=subprocess.PIPE, text=True)
+    hold = ("import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "db" / "write.lock")],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RuntimeError, match="another process is writing to the index"):

@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +33,8 @@ import vitkit
 from vitkit.cli import main as cli
 from vitkit.embedding_files import read_embeddings
 from vitkit.tasks import job as job_module
+
+from conftest import sigkill_when
 
 ARCH = "vit_tiny_patch16_224"
 SIDE = 32  # patch 16 on 32 px: 4 patches, milliseconds per batch
@@ -215,17 +216,8 @@ def _start(args: list, log: Path) -> subprocess.Popen:
 
 def _kill_when_parts(proc: subprocess.Popen, parts: Path, log: Path, count: int, timeout: float = 90) -> set[int]:
     """SIGKILL `proc` once `parts` holds at least `count` part files; returns the chunks done at death."""
-    deadline = time.monotonic() + timeout
-    while len(list(parts.glob("part-*.safetensors"))) < count:
-        if proc.poll() is not None:
-            pytest.fail(f"the job ended (exit {proc.returncode}) before {count} parts were written:\n"
-                        f"{log.read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no {count} parts after {timeout} s:\n{log.read_text()}")
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    sigkill_when(proc, lambda: len(list(parts.glob("part-*.safetensors"))) >= count, f"{count} parts were written",
+                 log, timeout)
     return {int(p.stem.split("-")[1]) for p in parts.glob("part-*.safetensors")}
 
 
