@@ -356,8 +356,8 @@ def _cmd_info(args) -> int:
 
 
 COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embed, "bench": _cmd_bench,
-            "finetune": _cmd_finetune,
-            "eval": _cmd_eval, "convert": _cmd_convert, "export": _cmd_export, "info": _cmd_info}
+            "finetune": _cmd_finetune, "eval": _cmd_eval, "convert": _cmd_convert, "export": _cmd_export,
+            "info": _cmd_info}
 
 
 def _attach_negative_values(argv: list[str], options: tuple[str, ...] = ("--layers",)) -> list[str]:

@@ -34,24 +34,24 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def sum_over_ranks(counts: list[int]) -> list[int]:
-    """Element-wise sums of per-rank counts (every rank gets the totals)."""
+def _all_reduce_sum(values: list, dtype: torch.dtype) -> list:
+    """Element-wise sums over ranks (every rank gets them); the values themselves when not distributed."""
     if not (dist.is_available() and dist.is_initialized()):
-        return counts
+        return values
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    totals = torch.tensor(counts, dtype=torch.int64, device=device)
+    totals = torch.tensor(values, dtype=dtype, device=device)
     dist.all_reduce(totals)
     return totals.tolist()
 
 
+def sum_over_ranks(counts: list[int]) -> list[int]:
+    """Element-wise sums of per-rank counts (every rank gets the totals)."""
+    return _all_reduce_sum(counts, torch.int64)
+
+
 def mean_over_ranks(value: float) -> float:
     """The mean of a per-rank float (every rank gets it); the value itself when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    total = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return total.item() / dist.get_world_size()
+    return _all_reduce_sum([value], torch.float64)[0] / rank_and_world()[1]
 
 
 def barrier() -> None:
