@@ -38,7 +38,7 @@ from vitkit.checkpoints.io import write_atomic_text  # noqa: E402
 from vitkit.export.onnx import LOGITS  # noqa: E402
 from vitkit.quantize import RECIPES, markdown, quantize  # noqa: E402
 from vitkit.quantize.build import build_int8  # noqa: E402
-from vitkit.quantize.data import calibration_pixels, load_pixels  # noqa: E402
+from vitkit.quantize.data import calibration_pixels  # noqa: E402
 from vitkit.quantize.onnx_int8 import fp32_graph  # noqa: E402
 from vitkit.quantize.report import OrtRunner, compare, measure_speed, transformers_runner  # noqa: E402
 
@@ -95,10 +95,11 @@ def _folds(photos: Path) -> tuple[list[dict], list[list[int]]]:
 
 
 def _cross_validated(model, name: str, pixels: torch.Tensor, paths: list[str], targets: list[int],
-                     folds: list[list[int]], ref: OrtRunner, views: int) -> tuple[dict, bytes]:
-    """Build `name` once per fold (calibrated on the other fold), evaluate each on its own fold; pooled results."""
+                     folds: list[list[int]], ref_out: dict, views: int) -> tuple[dict, bytes]:
+    """Build `name` once per fold (calibrated on the other fold), evaluate each on its own fold; pooled results.
+    `ref_out`: the fp32 graph's outputs on `pixels`."""
     recipe = RECIPES[name]
-    ref_out, got_logits, got_pre, built, seconds = ref(pixels), [], [], None, 0.0
+    got_logits, got_pre, built, seconds = [], [], None, 0.0
     order = []
     for k, fold in enumerate(folds):
         other = folds[1 - k]
@@ -121,13 +122,13 @@ def _cross_validated(model, name: str, pixels: torch.Tensor, paths: list[str], t
     return result, built.int8
 
 
-def _bf16_row(model_path: str, arch: str, pixels: torch.Tensor, targets: list[int], ref: OrtRunner):
+def _bf16_row(model_path: str, arch: str, pixels: torch.Tensor, targets: list[int], ref_out: dict):
     bf16 = vitkit.load(model_path, arch, dtype="bf16")
     with torch.inference_mode():
         logits = torch.cat([bf16(pixels[i:i + 16]).float() for i in range(0, len(pixels), 16)]).numpy()
         pre = torch.cat([bf16.embed_pixels(pixels[i:i + 16], pool="prelogits").float()
                          for i in range(0, len(pixels), 16)]).numpy()
-    result = compare(ref, lambda x: {LOGITS: logits, "pre_logits": pre}, pixels, targets)
+    result = compare(lambda x: ref_out, lambda x: {LOGITS: logits, "pre_logits": pre}, pixels, targets)
 
     def run(x):
         with torch.inference_mode():
@@ -159,15 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     rows, folds = _folds(photos)
     paths = [str(photos / r["file"]) for r in rows]
     targets = [int(r["class_index"]) for r in rows]
-    pixels = load_pixels(paths, model.spec)
+    pixels = model.preprocess(paths)
     fp32 = fp32_graph(model.net, model.spec.input_size, True)
-    ref = OrtRunner(fp32)
+    ref_out = OrtRunner(fp32)(pixels)  # the fp32 answers every row is compared with, computed once
 
     quality, graphs = {}, {}
     for name in names:
         print(f"building {name} (twice: one per fold)", flush=True)
-        quality[name], graphs[name] = _cross_validated(model, name, pixels, paths, targets, folds, ref, args.views)
-    quality["vitkit bf16 (PyTorch)"], bf16_run = _bf16_row(args.model, args.arch, pixels, targets, ref)
+        quality[name], graphs[name] = _cross_validated(model, name, pixels, paths, targets, folds, ref_out, args.views)
+    quality["vitkit bf16 (PyTorch)"], bf16_run = _bf16_row(args.model, args.arch, pixels, targets, ref_out)
     hf = transformers_runner(model.net, model.spec)
 
     speeds, default_threads = {}, torch.get_num_threads()

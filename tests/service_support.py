@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,23 @@ class Gated:
         self.calls.append((threading.current_thread().name, torch.get_num_threads(), len(pixels)))
         self.gate.wait(timeout=30)
         return self.model(pixels)
+
+    def hold(self, engine, pixels: torch.Tensor) -> Future:
+        """Close the gate and submit one classification; returns once the engine's worker waits at the gate
+        with it (so the queue is empty behind it)."""
+        self.gate.clear()
+        before = len(self.calls)
+        held = engine.submit("classify", pixels, 1)
+        while len(self.calls) == before:
+            time.sleep(0.01)
+        return held
+
+
+def batches_of(engine) -> list[int]:
+    """The sizes of the batches the engine runs from now on."""
+    sizes: list[int] = []
+    engine.observers.append(lambda size, seconds: sizes.append(size))
+    return sizes
 
 
 @dataclass(frozen=True)

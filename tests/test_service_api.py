@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_support import FakeIndex, Gated, image_bytes, load_digits, write_images
+from service_support import FakeIndex, Gated, batches_of, image_bytes, load_digits, write_images
 
 from vitkit.api import Model
 from vitkit.checkpoints.convert import Loaded
@@ -269,11 +269,8 @@ def test_503_with_retry_after_when_the_queue_is_full(model):
     gated = Gated(model)
     engine = Engine(gated, max_batch=1, queue_size=1, threads=1)
     with TestClient(create_app(engine)) as client:
-        gated.gate.clear()
         pixels = engine.prepare(image_bytes(0))
-        held = engine.submit("classify", pixels, 1)  # the worker takes it and waits at the gate
-        while not gated.calls[1:]:
-            pass
+        held = gated.hold(engine, pixels)  # the worker takes it and waits at the gate
         queued = engine.submit("classify", pixels, 1)  # fills the queue
         response = client.post("/v1/classify", **upload(image_bytes(0)))
         assert_error(response, 503, "already waiting for the model: retry shortly")
@@ -285,11 +282,9 @@ def test_503_with_retry_after_when_the_queue_is_full(model):
 def test_504_when_the_model_does_not_answer_in_time_and_the_request_is_dropped(model):
     gated = Gated(model)
     engine = Engine(gated, max_batch=1, threads=1)
-    sizes = []
-    engine.observers.append(lambda size, seconds: sizes.append(size))
+    sizes = batches_of(engine)
     with TestClient(create_app(engine, limits=Limits(timeout_s=0.3))) as client:
-        gated.gate.clear()
-        held = engine.submit("classify", engine.prepare(image_bytes(0)), 1)
+        held = gated.hold(engine, engine.prepare(image_bytes(0)))
         assert_error(client.post("/v1/classify", **upload(image_bytes(1))), 504, "did not answer within 0.3 s")
         gated.gate.set()
         held.result(timeout=30)

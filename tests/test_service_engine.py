@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from service_support import Gated, image_bytes, load_digits
+from service_support import Gated, batches_of, image_bytes, load_digits
 
 from vitkit.data.decode import ImageDecodeError, ImageTooLarge
 from vitkit.service.engine import Engine, EngineBusy, EngineStopped, ModelFailure
@@ -30,12 +30,6 @@ def model():
 def pixels(model):
     engine = Engine(model)
     return [engine.prepare(image_bytes(seed)) for seed in range(10)]
-
-
-def batches_of(engine: Engine) -> list[int]:
-    sizes: list[int] = []
-    engine.observers.append(lambda size, seconds: sizes.append(size))
-    return sizes
 
 
 def test_prepare_is_the_cli_preprocessing(model):
@@ -105,10 +99,7 @@ def test_a_full_queue_refuses_and_a_stopped_engine_too(model, pixels):
     with pytest.raises(EngineStopped):
         engine.submit("classify", pixels[0], 1)
     with engine:
-        gated.gate.clear()
-        running = engine.submit("classify", pixels[0], 1)
-        while not gated.calls[1:]:  # the worker holds the first request (after its warm-up call)
-            time.sleep(0.01)
+        running = gated.hold(engine, pixels[0])
         queued = [engine.submit("classify", p, 1) for p in pixels[1:3]]
         with pytest.raises(EngineBusy, match="2 requests are already waiting"):
             engine.submit("classify", pixels[3], 1)
@@ -125,10 +116,7 @@ def test_abandoned_requests_are_not_run(model, pixels):
     engine = Engine(gated, max_batch=8, max_wait_ms=0, threads=1)
     sizes = batches_of(engine)
     with engine:
-        gated.gate.clear()
-        first = engine.submit("classify", pixels[0], 1)
-        while not gated.calls[1:]:  # the worker holds the first request (after its warm-up call)
-            time.sleep(0.01)
+        first = gated.hold(engine, pixels[0])
         waiting = [engine.submit("classify", p, 1) for p in pixels[1:4]]
         assert waiting[0].cancel() and waiting[2].cancel()  # their callers timed out or went away
         gated.gate.set()

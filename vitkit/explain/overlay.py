@@ -13,13 +13,13 @@ render(explain(m, [Image.new('RGB', (300, 200), 'teal')])[0]).save('/tmp/explain
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vitkit.checkpoints.io import atomic_path
+from vitkit.checkpoints.io import write_atomic_bytes
 from vitkit.explain.explanation import Explanation
 
 TURBO = np.array([  # matplotlib's turbo at 33 evenly spaced points, RGB 0..255
@@ -132,11 +132,7 @@ def _prediction_bars(draw: ImageDraw.ImageDraw, explanation: Explanation, at: tu
 
 def save_png(image: Image.Image, target: str | Path) -> Path:
     """Write atomically: the PNG appears complete or not at all."""
-    target = Path(target)
-    tmp = atomic_path(target)
-    try:
-        image.save(tmp, format="PNG")  # zlib level 6: optimize=True is 4x slower for 1% smaller files
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # zlib level 6: optimize=True is 4x slower for 1% smaller files
+    write_atomic_bytes(buffer.getvalue(), target)
+    return Path(target)

@@ -353,10 +353,10 @@ def _torch_outputs(net: VisionTransformer, pixels: torch.Tensor) -> dict[str, np
     return {k: v.float().numpy() for k, v in out.items()}
 
 
-def _onnx_outputs(session, pixels: torch.Tensor, dynamic_batch: bool) -> dict[str, np.ndarray]:
-    names = [o.name for o in session.get_outputs()]
-    x = pixels.numpy()
-    if dynamic_batch:
+def run_graph(session, x: np.ndarray, dynamic_batch: bool, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """float32 pixels (B, 3, S, S) through an onnxruntime session -> {output name: array} (default: every output)."""
+    names = names or [o.name for o in session.get_outputs()]
+    if dynamic_batch or len(x) == 1:
         results = session.run(names, {INPUT: x})
     else:  # batch 1 graph: one input at a time
         per = [session.run(names, {INPUT: x[i:i + 1]}) for i in range(len(x))]
@@ -364,23 +364,23 @@ def _onnx_outputs(session, pixels: torch.Tensor, dynamic_batch: bool) -> dict[st
     return dict(zip(names, results))
 
 
-def verify(data: bytes, net: VisionTransformer, spec: PreprocessSpec, *, dtype: str = "fp32",
-           dynamic_batch: bool = False, random: int = 2, photos: list | None = None,
-           atol: float = FP32_ATOL) -> dict:
-    """Run `data` with onnxruntime (CPU) against `net` at spec.input_size; -> {"max_abs_diff", "limits", "checked",
-    "top1_agreement"}. Raises OnnxExportError when an output differs by more than its limit (`tolerances`), or
-    when top-1 differs where PyTorch's margin between the two classes exceeds the logits limit (a near-tie
-    within the tolerance may flip, e.g. in fp16)."""
+def _cpu_session(data: bytes):
     import onnxruntime as ort
 
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def verify(session, net: VisionTransformer, spec: PreprocessSpec, *, dtype: str = "fp32",
+           dynamic_batch: bool = False, random: int = 2, photos: list | None = None,
+           atol: float = FP32_ATOL) -> dict:
+    """Run the graph (an onnxruntime CPU `session` over it) against `net` at spec.input_size; -> {"max_abs_diff",
+    "limits", "checked", "top1_agreement"}. Raises OnnxExportError when an output differs by more than its limit
+    (`tolerances`), or when top-1 differs where PyTorch's margin between the two classes exceeds the logits limit
+    (a near-tie within the tolerance may flip, e.g. in fp16)."""
     photos = default_photos() if photos is None else photos
     if not random and not photos:
         raise ValueError("verification needs inputs: random > 0 or some photos")
     inputs = _verification_inputs(spec, net.config.in_chans, random, photos)
-    try:
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise OnnxExportError(f"onnxruntime cannot load the exported graph: {err}") from err
     was_training = net.training
     net.eval()
     diffs: dict[str, float] = {}
@@ -391,7 +391,7 @@ def verify(data: bytes, net: VisionTransformer, spec: PreprocessSpec, *, dtype: 
         for kind, pixels in inputs.items():
             ref = _torch_outputs(net, pixels)
             try:
-                got = _onnx_outputs(session, pixels, dynamic_batch)
+                got = run_graph(session, pixels.numpy(), dynamic_batch)
             except Exception as err:
                 raise OnnxExportError(f"onnxruntime failed to run the exported graph ({dtype}): {err}") from err
             for name, value in ref.items():
@@ -435,17 +435,6 @@ def tolerances(scales: dict[str, float], dtype: str = "fp32", atol: float = FP32
     if dtype == "fp16":
         return {name: FP16_RTOL * max(scale, 1.0) for name, scale in scales.items()}
     return {name: max(atol, FEATURES_RTOL * scale) if name == FEATURES else atol for name, scale in scales.items()}
-
-
-def _fp16_runs_on_cpu(data: bytes) -> str | None:
-    """None when onnxruntime's CPU provider can load the fp16 graph, else its reason."""
-    import onnxruntime as ort
-
-    try:
-        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        return None
-    except Exception as err:
-        return str(err).splitlines()[0]
 
 
 def export_onnx(model_or_net, out: str | Path | None, *, spec: PreprocessSpec | None = None,
@@ -495,13 +484,20 @@ def export_bytes(model_or_net, *, spec: PreprocessSpec | None = None, image_size
     config = net.config.replace(image_size=size, drop_path=0.0)
     start = time.perf_counter()
     verified_with = "onnxruntime CPUExecutionProvider"
-    if dtype == "fp16" and (reason := _fp16_runs_on_cpu(data)) is not None:
+    try:
+        session = _cpu_session(data)
+    except Exception as err:  # onnxruntime raises its own exception types
+        if dtype != "fp16":
+            raise OnnxExportError(f"onnxruntime cannot load the exported graph: {err}") from err
+        session, reason = None, str(err).splitlines()[0]
+    if session is None:  # fp16 that onnxruntime's CPU provider cannot run
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
         verified_with = f"onnx.checker only (onnxruntime CPU cannot run this fp16 graph: {reason})"
         result = {"max_abs_diff": {}, "limits": {}, "checked": {}, "top1_agreement": None}
     else:
-        result = verify(data, net, spec, dtype=dtype, dynamic_batch=dynamic_batch, random=verify_random,
+        result = verify(session, net, spec, dtype=dtype, dynamic_batch=dynamic_batch, random=verify_random,
                         photos=verify_photos, atol=atol)
+        del session  # freed before the metadata pass, as when verify owned it
     verify_s = time.perf_counter() - start
     data = with_metadata(data, config, spec, dtype=dtype, dynamic_batch=dynamic_batch, source=source or "",
                          verification={**result, "verified_with": verified_with})

@@ -18,9 +18,9 @@ from tqdm import tqdm
 from vitkit.api import Model
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.data.loader import iter_batches
+from vitkit.index import INDEX_POOLS
 from vitkit.tasks.job import PROGRESS_MIN_INPUTS
 
-INDEX_POOLS = ("cls", "mean", "prelogits")  # one vector per image
 # LanceDB's runtime (threads) must not be forked: decode workers start from a fresh server process instead
 START_METHOD = "forkserver"
 

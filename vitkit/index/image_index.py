@@ -51,6 +51,11 @@ def probe_vector(model: Model, pool: str) -> np.ndarray:
     return model.embed([probe_image()], pool=pool)[0].numpy()  # (D,)
 
 
+def stored_spec(model: Model) -> dict:
+    """The model's preprocessing as the index's metadata holds it (a JSON round trip: tuples become lists)."""
+    return json.loads(json.dumps(model.spec.to_dict()))
+
+
 class ImageIndex:
     def __init__(self, store: Store):
         self.store = store
@@ -62,8 +67,7 @@ class ImageIndex:
         `arch` is recorded so that the model can be reloaded from a weights file without config."""
         pool = check_pool(pool or model.default_pool)
         probe = probe_vector(model, pool)
-        preprocess = json.loads(json.dumps(model.spec.to_dict()))
-        meta = IndexMeta(model_id(model), arch, pool, len(probe), preprocess, tuple(float(v) for v in probe))
+        meta = IndexMeta(model_id(model), arch, pool, len(probe), stored_spec(model), tuple(float(v) for v in probe))
         return cls(Store.create(db_path, meta))
 
     @classmethod
@@ -88,7 +92,7 @@ class ImageIndex:
         reasons = []
         if pool and pool != m.pool:
             reasons.append(f"pool {pool} instead of {m.pool}")
-        theirs = json.loads(json.dumps(model.spec.to_dict()))
+        theirs = stored_spec(model)
         changed = [f"{key} {theirs.get(key)} instead of {m.preprocess.get(key)}"
                    for key in sorted(set(theirs) | set(m.preprocess)) if theirs.get(key) != m.preprocess.get(key)]
         if changed:

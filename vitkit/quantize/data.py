@@ -30,8 +30,6 @@ from vitkit.data.decode import decode_image
 from vitkit.data.sources import expand_inputs, is_image_name
 from vitkit.data.transforms import preprocess_batch
 
-LABEL_FILES = ("labels.csv",)
-
 
 @dataclass
 class EvalSet:
@@ -80,10 +78,9 @@ def eval_set(folder: str | Path, labels: tuple[str, ...] | list[str]) -> EvalSet
         raise FileNotFoundError(f"evaluation folder {folder} does not exist")
     index = {name: i for i, name in enumerate(labels)}
     lowered = {name.lower(): i for i, name in enumerate(labels)}
-    for name in LABEL_FILES:
-        manifest = folder / name
-        if manifest.is_file():
-            return _from_csv(manifest, index, lowered, len(labels))
+    manifest = folder / "labels.csv"
+    if manifest.is_file():
+        return _from_csv(manifest, index, lowered, len(labels))
     paths = expand_inputs([str(folder)])
     if not paths:
         raise ValueError(f"no images in {folder}")
@@ -117,8 +114,3 @@ def _from_csv(manifest: Path, index: dict[str, int], lowered: dict[str, int], nu
         paths.append(str(path))
         targets.append(target)
     return EvalSet(paths, targets, manifest.name)
-
-
-def load_pixels(paths: list[str], spec: PreprocessSpec) -> torch.Tensor:
-    """The model's own preprocessing of each image -> (N, 3, S, S)."""
-    return preprocess_batch([decode_image(p) for p in paths], spec)

@@ -114,10 +114,9 @@ def quantize_graph(fp32: bytes, nodes: list[str], recipe: Recipe, calibration: t
 
     if not nodes:
         raise QuantizeError("the recipe keeps every layer in float: nothing to quantize")
-    model = onnx.load_from_string(fp32)
     with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as tmp, _quiet_ort_logging():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save_model(model, str(src))
+        src.write_bytes(fp32)
         if recipe.method == "dynamic":
             quantize_dynamic(str(src), str(dst), per_channel=recipe.per_channel, weight_type=QuantType.QInt8,
                              op_types_to_quantize=list(QUANTIZABLE_OPS), nodes_to_quantize=list(nodes),
@@ -125,11 +124,12 @@ def quantize_graph(fp32: bytes, nodes: list[str], recipe: Recipe, calibration: t
         else:
             if calibration is None or not len(calibration):
                 raise QuantizeError("static INT8 needs calibration images (--calib FOLDER)")
-            fixed_one = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+            graph_input = onnx.load_from_string(fp32).graph.input[0]
+            fixed_one = graph_input.type.tensor_type.shape.dim[0].dim_value == 1
             step = 1 if fixed_one else batch_size
             x = calibration.detach().float().cpu().numpy()
             batches = [np.ascontiguousarray(x[i:i + step]) for i in range(0, len(x), step)]
-            quantize_static(str(src), str(dst), _Batches(batches, model.graph.input[0].name),
+            quantize_static(str(src), str(dst), _Batches(batches, graph_input.name),
                             quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(QUANTIZABLE_OPS), nodes_to_quantize=list(nodes),
@@ -152,10 +152,7 @@ def add_metadata(data: bytes, net: VisionTransformer, spec: PreprocessSpec, *, d
     config = net.config.replace(image_size=spec.input_size, drop_path=0.0)
     data = with_metadata(data, config, spec, dtype=dtype, dynamic_batch=dynamic_batch, source=source,
                          verification=verification)
-    model = onnx.load_from_string(data)
-    kept = [p for p in model.metadata_props if p.key != META_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
+    model = onnx.load_from_string(data)  # with_metadata dropped every earlier vitkit_* prop, META_KEY included
     model.metadata_props.add(key=META_KEY, value=json.dumps(quantization))
     return model.SerializeToString()
 

@@ -28,7 +28,7 @@ import torch
 from vitkit.checkpoints.io import write_atomic_bytes, write_atomic_text
 from vitkit.data.sources import expand_inputs
 from vitkit.quantize.build import build_int8
-from vitkit.quantize.data import calibration_pixels, eval_set, load_pixels
+from vitkit.quantize.data import calibration_pixels, eval_set
 from vitkit.quantize.onnx_int8 import QuantizeError, add_metadata
 from vitkit.quantize.recipe import Recipe, default_recipe
 from vitkit.quantize.report import OrtRunner, compare, markdown, measure_speed, transformers_runner
@@ -138,7 +138,7 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
         q_run = None
         report["notes"].append(f"onnxruntime (CPU) cannot run the quantized graph: {str(err).splitlines()[0][:160]}")
     if ev is not None and q_run is not None:
-        pixels = load_pixels(eval_paths, spec)
+        pixels = model.preprocess(eval_paths)
         result = compare(ref_run, q_run, pixels, ev.targets, eval_paths, labels)
         report["eval"] = {"folder": str(eval_folder), "labels_from": ev.labels_from, **result}
         say(f"evaluation: agreement {result.get('top1_agreement')}, accuracy {result.get('accuracy')}")

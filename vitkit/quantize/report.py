@@ -86,9 +86,9 @@ def transformers_runner(net, spec):
 
         from vitkit.checkpoints.save import save_hf
 
-        folder = Path(tempfile.mkdtemp(prefix="vitkit-quant-hf-"))
-        save_hf(net, spec, folder)
-        model = AutoModelForImageClassification.from_pretrained(folder, attn_implementation="sdpa").eval()
+        with tempfile.TemporaryDirectory(prefix="vitkit-quant-hf-") as folder:  # the loaded model keeps no file
+            save_hf(net, spec, Path(folder))
+            model = AutoModelForImageClassification.from_pretrained(folder, attn_implementation="sdpa").eval()
     except Exception as err:  # noqa: BLE001 - a reference that cannot run here is reported, not fatal
         return f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
 

@@ -24,7 +24,8 @@ from torch import nn
 
 from vitkit.models.vit import VisionTransformer
 
-# what each smoothable input is: (block attribute owning the hook, hook kind)
+# each input's layer (its site name is blocks.{i}.<layer>), and what to hook to see that input: (module, kind)
+_LAYERS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 _INPUTS = {"qkv": ("norm1", "output"), "proj": ("attn.proj", "input"), "fc1": ("norm2", "output"),
            "fc2": ("mlp.fc2", "input")}
 
@@ -41,11 +42,10 @@ def activation_absmax(net: VisionTransformer, batches, which=("qkv", "proj", "fc
     (B, 3, S, S). -> {"blocks.{i}.attn.qkv": (D,), ...} keyed by site name."""
     found: dict[str, torch.Tensor] = {}
     handles = []
-    site_names = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
     for i, block in enumerate(net.blocks):
         for kind in which:
             path, where = _INPUTS[kind]
-            key = f"blocks.{i}.{site_names[kind]}"
+            key = f"blocks.{i}.{_LAYERS[kind]}"
 
             def record(t: torch.Tensor, key=key):
                 m = t.detach().abs().reshape(-1, t.shape[-1]).amax(dim=0).float()  # (channels,)
@@ -71,12 +71,11 @@ def activation_absmax(net: VisionTransformer, batches, which=("qkv", "proj", "fc
 def smoothing_scales(net: VisionTransformer, absmax: dict[str, torch.Tensor], alpha: float,
                      which=("qkv", "proj", "fc1")) -> dict[str, torch.Tensor]:
     """Site name -> s (in_features,), from the activations' and the weights' per-channel max |.|."""
-    names = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1"}
     scales = {}
     for i, block in enumerate(net.blocks):
         for kind in which:
-            key = f"blocks.{i}.{names[kind]}"
-            weight = _get(block, names[kind]).weight.detach().float()  # (out, in)
+            key = f"blocks.{i}.{_LAYERS[kind]}"
+            weight = _get(block, _LAYERS[kind]).weight.detach().float()  # (out, in)
             a = absmax[key].clamp(min=1e-5)
             w = weight.abs().amax(dim=0).clamp(min=1e-5)  # (in,)
             scales[key] = (a.pow(alpha) / w.pow(1.0 - alpha)).clamp(min=1e-5, max=1e5)

@@ -32,7 +32,7 @@ from torch import nn
 
 from vitkit.config import PreprocessSpec, ViTConfig
 from vitkit.export.onnx import (
-    FEATURES, INPUT, LOGITS, PRE_LOGITS, OnnxMetadata, export_bytes, metadata_from_props,
+    FEATURES, LOGITS, PRE_LOGITS, OnnxMetadata, export_bytes, metadata_from_props, run_graph,
 )
 from vitkit.runtime.backends import RuntimeInfo, RuntimeUnavailable
 
@@ -114,13 +114,7 @@ class OnnxNet(nn.Module):
             raise ValueError(f"this ONNX graph takes pixels (B, {channels}, {size}, {size}), got {tuple(x.shape)}: it "
                              f"was exported at {size} px; export another file for another size "
                              "(vitkit export onnx --image-size N)")
-        names = names or self.outputs
-        if self.dynamic_batch or len(x) == 1:
-            results = self.session.run(names, {INPUT: x})
-        else:
-            per = [self.session.run(names, {INPUT: x[i:i + 1]}) for i in range(len(x))]
-            results = [np.concatenate(parts) for parts in zip(*per)]
-        return dict(zip(names, results))
+        return run_graph(self.session, x, self.dynamic_batch, names or self.outputs)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> logits (B, num_classes), float32 on the CPU."""

@@ -34,9 +34,10 @@ import torch
 from vitkit.api import Model
 from vitkit.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from vitkit.data.transforms import preprocess
+from vitkit.index import INDEX_POOLS
 
 KINDS = ("classify", "embed")
-EMBED_POOLS = ("cls", "mean", "prelogits")  # the poolings that give one vector per image
+EMBED_POOLS = INDEX_POOLS  # the poolings that give one vector per image
 
 
 class EngineBusy(RuntimeError):

@@ -17,10 +17,7 @@ THUMBNAIL_SIDE = 256
 def thumbnail_jpeg(index, hit_id: str, side: int = THUMBNAIL_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """JPEG bytes of the indexed image `hit_id`, at most side x side; NotFound when the id is unknown or
     the file can no longer be read."""
-    try:
-        row = index.get(hit_id)
-    except ValueError:  # not even shaped like one of the index's ids
-        row = None
+    row = index.get(hit_id)  # None for any string that is not a stored id
     if row is None:
         raise NotFound(f"no indexed image has the id {hit_id!r}")
     try:

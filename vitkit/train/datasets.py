@@ -386,9 +386,7 @@ def _read_jsonl(manifest: Path) -> list[_Row]:
                     raise DatasetError(f"{where}: {key!r} must be a {'string' if key != 'label' else 'string or integer'}"
                                        f", not {json.dumps(value)}")
             rows.append(_row({k: str(v) for k, v in record.items()}, where))
-    if not rows:
-        raise DatasetError(f"{manifest}: no rows")
-    return rows
+    return rows  # no rows at all: `_from_manifest` says so, for both manifest kinds
 
 
 def _check_columns(columns: list[str], manifest: Path, where: str | None = None) -> None:

@@ -16,6 +16,15 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.train.datasets import LabelledImages
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device_type: str, amp: str = "none"):
+    """The autocast context of an `--amp` setting: "bf16", "fp16", or anything else (e.g. "none"): plain."""
+    dtype = AMP_DTYPES.get(amp)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+
+
 @torch.no_grad()
 def evaluate(net: VisionTransformer, dataset: LabelledImages, labels: list[str], batch_size: int,
              device: torch.device, workers: int = 0, amp: str = "none") -> dict:
@@ -24,11 +33,9 @@ def evaluate(net: VisionTransformer, dataset: LabelledImages, labels: list[str],
     num_classes = len(labels)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # (true, predicted)
     loss_sum, top5_hits, count = 0.0, 0, 0
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else
-                torch.autocast(device.type, dtype=torch.float16) if amp == "fp16" else contextlib.nullcontext())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     for pixels, targets in loader:
-        with autocast:
+        with autocast(device.type, amp):
             logits = net(pixels.to(device)).float().cpu()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         top = logits.topk(min(5, num_classes), dim=-1).indices  # (B, k)

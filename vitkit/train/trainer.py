@@ -38,7 +38,7 @@ from vitkit.train.augment import eval_transform, mixup_cutmix, train_transform
 from vitkit.train.config import TrainConfig
 from vitkit.train.datasets import LabelledImages, discover, find_bad_images
 from vitkit.train.ema import EMA
-from vitkit.train.evaluate import evaluate
+from vitkit.train.evaluate import autocast, evaluate
 from vitkit.train.optim import apply_recipe, build_optimizer
 from vitkit.train.schedule import lr_at, set_lr
 
@@ -131,7 +131,7 @@ class Trainer:
             summary = {"kind": "epoch", "epoch": state.epoch, "step": state.global_step, "train_loss": train_loss}
             if self.val_set is not None:
                 metrics = evaluate(self._eval_net(), self.val_set, self.labels, self.micro * 2, self.device,
-                                   cfg.workers, self.cfg.amp)
+                                   cfg.workers, cfg.amp)
                 summary.update(val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"])
                 improved = metrics["top1"] > state.best_top1
                 state.best_top1 = max(state.best_top1, metrics["top1"])
@@ -204,7 +204,7 @@ class Trainer:
             soft = self._soft_targets(pixels, targets, i)
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else self.model.no_sync()
-            with sync, self._autocast():
+            with sync, autocast(self.device.type, cfg.amp):
                 logits = self.model(soft[0] if soft else pixels)
                 loss = (_soft_cross_entropy(logits.float(), soft[1]) if soft else
                         F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing))
@@ -236,12 +236,6 @@ class Trainer:
         return mixup_cutmix(pixels, targets, len(self.labels), cfg.mixup, cfg.cutmix, 1.0, 0.5,
                             cfg.label_smoothing, generator)
 
-    def _autocast(self):
-        if self.cfg.amp == "none":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def _eval_net(self) -> VisionTransformer:
         return self.ema.net if self.ema else self.net
 
@@ -260,11 +254,14 @@ class Trainer:
             return
         target = self.out / CHECKPOINT
         tmp = atomic_path(target)
-        torch.save({"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict() if self.scaler else None,
-                    "ema": self.ema.state_dict() if self.ema else None, "state": vars(self.state).copy(),
-                    "rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "labels": self.labels}, tmp)
-        os.replace(tmp, target)
+        try:
+            torch.save({"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict() if self.scaler else None,
+                        "ema": self.ema.state_dict() if self.ema else None, "state": vars(self.state).copy(),
+                        "rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "labels": self.labels}, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)  # as write_atomic_bytes: no stray temporary file when saving fails
 
     def _load_checkpoint(self) -> None:
         path = self.out / CHECKPOINT
