@@ -35,6 +35,18 @@ TINY_VARIANTS = {
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache(tmp_path_factory):
+    """The linear probe's feature cache goes to a temporary folder, never to the user's ~/.cache."""
+    previous = os.environ.get("VITKIT_CACHE_DIR")
+    os.environ["VITKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("vitkit-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("VITKIT_CACHE_DIR", None)
+    else:
+        os.environ["VITKIT_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same global RNG state, whatever ran before it."""

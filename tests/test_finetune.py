@@ -51,6 +51,7 @@ from vitkit.models.layers import Block
 from vitkit.models.vit import VisionTransformer
 from vitkit.checkpoints.save import save_vitkit
 from vitkit.train.config import TrainConfig
+from vitkit.train.defaults import resolve
 from vitkit.train.optim import layer_id
 from vitkit.train.schedule import lr_at
 from vitkit.train.trainer import Trainer
@@ -227,7 +228,7 @@ def test_recipe_changes_exactly_what_it_trains(images, base, tmp_path, recipe, b
 
 
 def test_layer_decay_scales_each_group_along_the_logged_schedule(images, base, tmp_path):
-    cfg = config(images, base, tmp_path / "out", layer_decay=0.5, warmup_epochs=0.5, min_lr=1e-5)
+    cfg = config(images, base, tmp_path / "out", layer_decay=0.5, warmup_steps=3, min_lr=1e-5)
     trainer = Trainer(cfg)
     groups = trainer.optimizer.param_groups
     names = [n for n, p in trainer.net.named_parameters()]
@@ -356,7 +357,10 @@ def test_hflip_and_crop_scale_reach_the_pixels(images, base, tmp_path):
         path = trainer.train_set.items[index][0]
         assert torch.equal(trainer.train_set[index][0], eval_transform(trainer.spec)(Image.open(path)))
     default = Trainer(config(images, base, tmp_path / "default", augment="none"))
-    assert default.train_set.transform.hflip == 0.5 and default.train_set.transform.scale == (0.08, 1.0)
+    assert default.train_set.transform.hflip == 0.5 and default.train_set.transform.scale == (1.0, 1.0)
+    small = Trainer(config(images, base, tmp_path / "small"))  # augment auto, 48 images: light crops
+    assert (small.cfg.augment, small.train_set.transform.scale, small.train_set.transform.auto_augment) == \
+        ("light", (0.7, 1.0), None)
     code, _, err = run_cli(finetune_args(images, base, tmp_path / "cli", "--hflip", "0", "--crop-scale", "1",
                                          "--epochs", "1"))
     assert code == 0, err
@@ -375,7 +379,7 @@ def test_drop_path_is_applied(images, base, plain, tmp_path):
 @pytest.mark.parametrize("smoothing", [0.0, 0.3])
 def test_label_smoothing_gives_the_first_loss_computed_by_hand(images, base, tmp_path, smoothing):
     trainer = Trainer(config(images, base, tmp_path / "out", label_smoothing=smoothing, augment="none", epochs=1,
-                             drop_path=0.0))
+                             drop_path=0.0, head_init="random"))
     trainer.train_set.set_epoch(0)
     first = trainer._batches(0)[0]
     assert len(first) == 8
@@ -412,9 +416,10 @@ def test_clip_grad_clips_every_step(images, base, tmp_path, monkeypatch):
 def test_patience_stops_early_and_says_why(images, base, tmp_path):
     out = finetune(images, base, tmp_path / "out", "--lr", "0", "--min-lr", "0", "--patience", "1", "--epochs", "5")
     epochs, stops = rows(out, "epoch"), rows(out, "stop")
-    assert [r["epoch"] for r in epochs] == [0, 1], "no better val top-1 in the 2nd epoch: stop there"
+    assert [r["epoch"] for r in epochs] == [0], "lr 0: the 1st epoch is no better than the probe: stop there"
+    assert epochs[0]["val_top1"] == rows(out, "probe")[0]["val_top1"]
     assert len(stops) == 1 and stops[0]["reason"] == "no better val top-1 in 1 epochs"
-    assert len(rows(out, "step")) == 12
+    assert len(rows(out, "step")) == 6
     assert (out / "curves.png").stat().st_size > 0 and (out / "model.safetensors").is_file()
 
 
@@ -479,24 +484,26 @@ def test_output_folder_and_eval(split_folder, base, tmp_path, report):
         mean = np.mean([r["loss"] for r in steps if r["epoch"] == epoch["epoch"]])
         assert epoch["train_loss"] == pytest.approx(mean, abs=1e-9)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "curves.png").stat().st_size > 1000
-    assert json.loads((out / "train_config.json").read_text()) == config(
-        split_folder, base, out, epochs=3, checkpoint_every=0).to_dict() | {"device": "auto"}
+    assert json.loads((out / "train_config.json").read_text()) == resolve(config(
+        split_folder, base, out, epochs=3, checkpoint_every=0), 48).cfg.to_dict() | {"device": "auto"}
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 3 and checkpoint["state"]["global_step"] == 18
     assert checkpoint["labels"] == list(CLASSES)
-    best = max(r["val_top1"] for r in epochs)
+    (probe,) = rows(out, "probe")
+    best = max([probe["val_top1"]] + [r["val_top1"] for r in epochs])
+    assert checkpoint["state"]["best_top1"] == best
 
     # vitkit eval DATA --model OUT --json: the val/ split, by the saved (best) model
-    code, stdout, err = run_cli(["eval", split_folder, "--model", out, "--json", "--workers", "0"])
+    code, stdout, err = run_cli(["eval", split_folder, "--model", out, "--json", "--workers", "0", "--no-progress"])
     assert code == 0, err
     result = json.loads(stdout)
-    assert {"top1", "top5", "per_class", "count", "loss", "confusion"} <= set(result)
-    assert result["count"] == 16 and result["top1"] == pytest.approx(best) and result["top5"] == 1.0
-    assert set(result["per_class"]) == set(CLASSES)
+    assert {"top1", "top5", "per_class", "count", "worst_classes", "most_confused"} <= set(result)
+    assert result["count"] == 16 and result["top1"] == pytest.approx(best) and result["top5"] is None  # 4 classes
+    assert "val/ of" in result["layout"]
+    assert [row["label"] for row in result["per_class"].values()] == list(CLASSES)
     assert all(m["support"] == 4 and 0 <= m["recall"] <= 1 for m in result["per_class"].values())
-    assert sum(map(sum, result["confusion"])) == 16
-    report(f"finetune: tiny ViT (depth {DEPTH}, width 32) on 4 toy classes, 3 epochs: val top-1 {best:.0%} "
-           f"(chance 25%); vitkit eval agrees ({result['top1']:.0%})")
+    report(f"finetune: tiny ViT (depth {DEPTH}, width 32) on 4 toy classes, probe then 3 epochs: val top-1 "
+           f"{best:.0%} (chance 25%); vitkit eval agrees ({result['top1']:.0%})")
     assert best >= 0.75, "the toy classes are learnable"
 
     # --out writes report.json and confusion.png; the plain report prints a summary
@@ -646,27 +653,28 @@ def dogs(tmp_path_factory) -> Path:
     return root
 
 
-def _probe(data: Path, out: Path, model: str | None) -> tuple[dict, dict]:
-    """(the best epoch row by val top-1, the last epoch row)."""
+def _probe(data: Path, out: Path, model: str | None) -> dict:
+    """The log row of a linear probe (solved; no epochs)."""
     args = ["finetune", data, "--arch", "deit_tiny_patch16_224", "--recipe", "linear-probe", "--out", out,
-            "--epochs", "3", "--batch-size", "10", "--lr", "5e-3", "--workers", "0"]
+            "--workers", "0"]
     code, _, err = run_cli(args + (["--model", model] if model else []))
     assert code == 0, err[-3000:]
-    epochs = rows(out, "epoch")
-    return max(epochs, key=lambda r: r["val_top1"]), epochs[-1]
+    assert rows(out, "epoch") == [] and rows(out, "step") == []
+    (probe,) = rows(out, "probe")
+    return probe
 
 
 def test_linear_probe_of_real_deit_tiny_beats_chance_and_reloads_in_transformers(dogs, tmp_path, report):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "probe"
-    best, last = _probe(dogs, out, str(DEIT))
-    control, control_last = _probe(dogs, tmp_path / "random", None)  # the same probe on random weights
+    best = _probe(dogs, out, str(DEIT))
+    control = _probe(dogs, tmp_path / "random", None)  # the same probe on random weights
     chance = 1 / len(DOGS)
-    report(f"finetune: linear probe of DeiT-Ti on 5 dog breeds (train/val on opposite photo halves, 20 val crops, "
-           f"3 epochs): best val top-1 {best['val_top1']:.0%} (final val loss {last['val_loss']:.3f}); the same probe "
-           f"on random weights {control['val_top1']:.0%} (loss {control_last['val_loss']:.3f}); chance {chance:.0%}")
+    report(f"finetune: linear probe of DeiT-Ti on 5 dog breeds (train/val on opposite photo halves, 20 val crops): "
+           f"val top-1 {best['val_top1']:.0%} (val loss {best['val_loss']:.3f}); the same probe on random weights "
+           f"{control['val_top1']:.0%} (loss {control['val_loss']:.3f}); chance {chance:.0%}")
     assert best["val_top1"] >= 0.8 >= chance + 0.5, "a real backbone must beat chance clearly"
-    assert best["val_top1"] > control["val_top1"] and last["val_loss"] < control_last["val_loss"]
+    assert best["val_top1"] > control["val_top1"] and best["val_loss"] < control["val_loss"]
 
     # only the head trained
     pretrained = vitkit.load(str(DEIT), arch="deit_tiny_patch16_224").net.state_dict()

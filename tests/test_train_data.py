@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from vitkit.config import PreprocessSpec
 from vitkit.data.decode import ImageDecodeError
-from vitkit.data.transforms import RESAMPLE, _normalize, preprocess
+from vitkit.data.transforms import RESAMPLE, _normalize, eval_region, preprocess
 from vitkit.train.augment import (
     OPS, _mix, apply_op, cutmix_box, eval_transform, mixup_cutmix, parse_auto_augment, rand_augment_space,
     random_resized_crop_params, smooth_one_hot, train_transform, trivial_augment_space,
@@ -296,14 +296,32 @@ def image(width=37, height=29, seed=0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def test_full_crop_is_a_plain_resize():
+def test_the_full_crop_is_the_eval_view():
+    """scale 1 crops the whole region the eval transform shows: the training pixels are the eval pixels."""
+    for size in ((41, 41), (60, 37), (23, 51)):
+        photo = image(*size)
+        for spec in (SPEC, PreprocessSpec(input_size=32, crop_pct=0.9, resize_mode="exact", interpolation="bilinear")):
+            t = train_transform(spec, scale=(1, 1), hflip=0.0, auto_augment=None)
+            assert torch.equal(t(photo, sample_generator(0, 0)), preprocess(photo, spec))
     square = image(41, 41)
-    t = train_transform(SPEC, scale=(1, 1), ratio=(1, 1), hflip=0.0, auto_augment=None)
-    expected = torch.from_numpy(_normalize(square.resize((32, 32), RESAMPLE[SPEC.interpolation]), SPEC))
-    assert torch.equal(t(square, sample_generator(0, 0)), expected)
+    expected = preprocess(square, SPEC)
     flipped = train_transform(SPEC, scale=(1, 1), ratio=(1, 1), hflip=1.0, auto_augment=None)
     out = flipped(square, sample_generator(0, 0))
-    assert torch.equal(out, expected.flip(-1))  # resize commutes with a mirror: the flip is a flip
+    assert torch.equal(out, expected.flip(-1))  # a centred crop commutes with a mirror: the flip is a flip
+
+
+def test_random_crops_stay_inside_the_eval_view():
+    """A smaller crop of a photo whose eval view is its centre square holds only pixels of that square (and
+    the resampling filter's reach): on an image black from 3 px outside the eval region, every training
+    pixel is white."""
+    spec = PreprocessSpec(input_size=32, crop_pct=0.5, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1))
+    photo = Image.new("RGB", (200, 100), "black")
+    left, top, right, bottom = eval_region(200, 100, spec)
+    assert (left, top, right, bottom) == pytest.approx((75, 25, 125, 75), abs=0.5)
+    photo.paste((255, 255, 255), (round(left) - 3, round(top) - 3, round(right) + 3, round(bottom) + 3))
+    t = train_transform(spec, scale=(0.2, 0.6), hflip=0.0, auto_augment=None)
+    for index in range(20):
+        assert t(photo, sample_generator(0, index)).min() == 1.0
 
 
 def test_flip_probability():

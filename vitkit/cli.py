@@ -16,6 +16,7 @@ from vitkit.api import POOLS
 from vitkit.checkpoints.io import CheckpointError
 from vitkit.checkpoints.save import FORMATS as SAVE_FORMATS
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
+from vitkit.evaluate.layouts import LAYOUTS
 from vitkit.output import FORMATS as OUTPUT_FORMATS
 from vitkit.runtime import BACKENDS, DTYPES
 
@@ -89,26 +90,36 @@ def _parser() -> argparse.ArgumentParser:
                           "or a CSV/JSONL manifest with path,label")
     _model_args(finetune)
     finetune.add_argument("--out", required=True, help="output folder: a transformers model folder plus logs")
-    finetune.add_argument("--recipe", choices=("linear-probe", "freeze", "full"), default="full")
+    finetune.add_argument("--recipe", choices=("linear-probe", "freeze", "full"), default="full",
+                          help="linear-probe: solve a new head on frozen features; freeze / full (default): "
+                               "start from that head, then fine-tune (the first N / all blocks)")
     finetune.add_argument("--freeze-blocks", type=int, default=0, help="with --recipe freeze: blocks kept fixed")
-    finetune.add_argument("--epochs", type=int, default=10)
-    finetune.add_argument("--batch-size", type=int, default=32, help="global batch (all ranks, all accumulation)")
+    finetune.add_argument("--head-init", choices=("probe", "random"), default="probe",
+                          help="freeze/full: start from the linear probe's head (default) or a random one")
+    finetune.add_argument("--views", type=int, default=0,
+                          help="linear probe: augmented views of each training image besides the plain one")
+    auto = " (default: chosen from the recipe and the data, and printed)"
+    finetune.add_argument("--epochs", type=int, help="epochs" + auto)
+    finetune.add_argument("--batch-size", type=int, help="global batch (all ranks, all accumulation)" + auto)
     finetune.add_argument("--grad-accum", type=int, default=1)
-    finetune.add_argument("--lr", type=float, default=1e-3)
+    finetune.add_argument("--lr", type=float, help="peak learning rate of the head" + auto)
     finetune.add_argument("--min-lr", type=float, default=1e-6)
-    finetune.add_argument("--warmup-epochs", type=float, default=1.0)
+    finetune.add_argument("--warmup-steps", type=int, help="linear warm-up" + auto)
     finetune.add_argument("--weight-decay", type=float, default=0.05)
-    finetune.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise LR decay, e.g. 0.65")
+    finetune.add_argument("--layer-decay", type=float, help="layer-wise LR decay, e.g. 0.65" + auto)
     finetune.add_argument("--label-smoothing", type=float, default=0.1)
     finetune.add_argument("--drop-path", type=float, default=0.0)
     finetune.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
     finetune.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none")
     finetune.add_argument("--grad-checkpointing", action="store_true")
     finetune.add_argument("--ema", type=float, help="keep an exponential moving average, e.g. 0.9998")
-    finetune.add_argument("--augment", choices=("trivial", "rand", "none"), default="trivial")
+    finetune.add_argument("--augment", choices=("auto", "light", "trivial", "rand", "none"), default="auto",
+                          help="light: random crops (of 70-100%% of the eval view) and flips; trivial/rand: "
+                               "TrivialAugment/RandAugment ops, crops down to 8%%; none: no ops, no crops "
+                               "unless --crop-scale" + auto)
     finetune.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (0 for digits, text)")
-    finetune.add_argument("--crop-scale", type=float, default=0.08,
-                          help="smallest area fraction of the random resized crop (1: whole image)")
+    finetune.add_argument("--crop-scale", type=float,
+                          help="smallest area fraction of the random crop of the eval view (1: no crop)" + auto)
     finetune.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     finetune.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
     finetune.add_argument("--val-split", type=float, default=0.1, help="when DATA has no val/ (0: none)")
@@ -117,14 +128,26 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--workers", type=int, default=1)
     finetune.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
+    finetune.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
-    evaluate = sub.add_parser("eval", help="top-1/top-5, per-class precision/recall, confusion matrix")
-    evaluate.add_argument("data", metavar="DATA", help="folder of class subfolders (its val/ if present)")
+    evaluate = sub.add_parser("eval", help="top-1/top-5 on a labelled folder (ImageNet layouts too), beside "
+                              "the checkpoint's published accuracy")
+    evaluate.add_argument("data", metavar="DATA", help="class folders (names, synsets n01440764/, numbers 0/), "
+                          "its val/ when it has one, or a flat folder with a labels file")
     _model_args(evaluate)
+    _runtime_args(evaluate)
+    evaluate.add_argument("--labels", dest="labels_file", metavar="FILE",
+                          help="ground truth for a flat folder: LOC_val_solution.csv, a CSV with path and "
+                               "class_index / wnid / label columns, 'file index' lines, or ReaL's real.json")
+    evaluate.add_argument("--layout", choices=LAYOUTS, default="auto", help="how DATA is laid out (default: detected)")
+    evaluate.add_argument("--protocol", choices=("checkpoint", "published"), default="checkpoint",
+                          help="preprocessing: the checkpoint's own (default), or the one its published figure used")
+    evaluate.add_argument("--crop-pct", type=float, help="override the centre-crop fraction, e.g. 0.875 or 1.0")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--workers", type=int, default=1)
-    evaluate.add_argument("--out", help="folder for report.json and confusion.png (default: beside nothing)")
+    evaluate.add_argument("--out", help="folder for report.json, confusion.npy, confusion.png, predictions.jsonl")
     evaluate.add_argument("--json", action="store_true", help="print the JSON report")
+    evaluate.add_argument("--no-progress", action="store_true")
 
     export = sub.add_parser("export", help="export to a runtime format: onnx")
     export_sub = export.add_subparsers(dest="target", required=True)
@@ -303,23 +326,29 @@ def _cmd_finetune(args) -> int:
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     fields["val_split"] = fields["val_split"] or None
     fields["clip_grad"] = fields["clip_grad"] or None
-    summary = Trainer(TrainConfig(**fields), resume=args.resume).fit()
-    print(json.dumps(summary), file=sys.stderr)
+    Trainer(TrainConfig(**fields), resume=args.resume, overwrite=args.overwrite).fit()
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from vitkit.train.evaluate import evaluate_folder
+    import dataclasses
 
-    report = evaluate_folder(args.data, args.model, args.arch, args.image_size, args.device, args.batch_size,
-                             args.workers, args.out)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"{report['count']} images: top-1 {report['top1']:.2%}, top-5 {report['top5']:.2%}, "
-              f"loss {report['loss']:.4f}")
-        for name, m in report["per_class"].items():
-            print(f"  {name:<30} precision {m['precision']:.2f}  recall {m['recall']:.2f}  n={m['support']}")
+    from vitkit.api import load
+    from vitkit.evaluate import report
+    from vitkit.evaluate.run import evaluate_folder, published_protocol
+
+    model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
+                 dtype=args.dtype)
+    if args.protocol == "published":
+        model.spec = published_protocol(model.spec, args.model, args.arch)
+    if args.crop_pct:
+        model.spec = dataclasses.replace(model.spec, crop_pct=args.crop_pct)
+    evaluation = evaluate_folder(model, args.data, args.labels_file, args.layout, args.batch_size, args.workers,
+                                 not args.no_progress, args.model, args.arch)
+    print(json.dumps(report.to_dict(evaluation, model.source)) if args.json else report.summary(evaluation))
+    if args.out:
+        written = report.write(evaluation, model.source, args.out)
+        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0
 
 
@@ -382,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(args, "handler", None) or COMMANDS[args.command]
     try:
         return handler(args)
-    except (CheckpointError, FileNotFoundError, KeyError, ValueError, RuntimeError, NotImplementedError) as err:
+    except (CheckpointError, FileNotFoundError, FileExistsError, KeyError, ValueError, RuntimeError,
+            NotImplementedError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"vitkit {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -11,9 +11,19 @@ from importlib.resources import files
 
 
 @lru_cache(maxsize=1)
-def imagenet_1k() -> tuple[str, ...]:
+def _imagenet_1k_rows() -> tuple[tuple[str, str], ...]:
     lines = files("vitkit.assets").joinpath("imagenet-1k-labels.txt").read_text().splitlines()
-    return tuple(line.split("\t", 1)[1] for line in lines if line.strip())
+    return tuple(tuple(line.split("\t", 1)) for line in lines if line.strip())
+
+
+def imagenet_1k() -> tuple[str, ...]:
+    """The 1000 short class names in the standard index order (two names repeat: crane, maillot)."""
+    return tuple(name for _, name in _imagenet_1k_rows())
+
+
+def imagenet_1k_wnids() -> tuple[str, ...]:
+    """The 1000 WordNet ids (n01440764 ...) in the standard index order: the class identity."""
+    return tuple(wnid for wnid, _ in _imagenet_1k_rows())
 
 
 def default_labels(num_classes: int) -> tuple[str, ...]:

@@ -47,17 +47,35 @@ def preprocess_batch(images: Sequence[Image.Image], spec: PreprocessSpec) -> tor
 # The work is done in numpy, single-threaded: torch's intra-op threads cost more than they save on
 # images this small, and under CPU contention (loader workers, a busy server) made it 20x slower.
 def _preprocess_array(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    return _normalize(eval_view(image, spec), spec)
+
+
+def eval_view(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """The RGB image of input_size x input_size the model sees at inference: the resize and crop of `spec`."""
     if image.mode != "RGB":
         image = to_rgb(image)
     resample = RESAMPLE[spec.interpolation]
     if spec.resize_mode == "shortest":
-        image = _centre_crop_torchvision(_resize_shorter_side(image, spec.resize, resample), spec.input_size)
-    elif spec.resize_mode == "exact":
-        image = image.resize((spec.resize, spec.resize), resample)
-        image = _centre_crop_transformers(image, spec.input_size)
+        return _centre_crop_torchvision(_resize_shorter_side(image, spec.resize, resample), spec.input_size)
+    if spec.resize_mode == "exact":
+        return _centre_crop_transformers(image.resize((spec.resize, spec.resize), resample), spec.input_size)
+    raise ValueError(f"unknown resize_mode {spec.resize_mode!r}: expected 'shortest' or 'exact'")
+
+
+def eval_region(width: int, height: int, spec: PreprocessSpec) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the source pixels that `eval_view` shows, for an image of that size:
+    training crops are taken inside it, so that what is learnt is seen in the geometry of inference."""
+    size = spec.input_size
+    if spec.resize_mode == "shortest":
+        new_w, new_h = (spec.resize, int(spec.resize * height / width)) if width <= height else \
+            (int(spec.resize * width / height), spec.resize)
     else:
-        raise ValueError(f"unknown resize_mode {spec.resize_mode!r}: expected 'shortest' or 'exact'")
-    return _normalize(image, spec)
+        new_w = new_h = spec.resize
+    scale_x, scale_y = width / new_w, height / new_h  # source pixels per resized pixel
+    left = max(0.0, (new_w - size) / 2) * scale_x
+    top = max(0.0, (new_h - size) / 2) * scale_y
+    right, bottom = min(width, left + size * scale_x), min(height, top + size * scale_y)
+    return left, top, right, bottom
 
 
 def _resize_shorter_side(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:

@@ -72,6 +72,25 @@ ARCHS: dict[str, Arch] = {
 
 
 @dataclass(frozen=True)
+class Published:
+    """A checkpoint's published ImageNet-1k validation accuracy and the eval transform it was measured with
+    (the geometry and interpolation of `protocol`; its mean/std are the checkpoint's own)."""
+
+    top1: float  # percent
+    top5: float | None
+    source: str
+    protocol: PreprocessSpec
+
+
+TIMM_RESULTS = "timm results-imagenet.csv"
+
+
+def _timm_result(tag: str, top1: float, top5: float, crop_pct: float = 0.9, size: int = 224) -> Published:
+    return Published(top1, top5, f"{TIMM_RESULTS} ({tag}, the same weights in timm)",
+                     PreprocessSpec(input_size=size, crop_pct=crop_pct, interpolation="bicubic"))
+
+
+@dataclass(frozen=True)
 class NamedModel:
     hub_id: str
     layout: str  # "hf" or "timm": the files on the hub
@@ -80,6 +99,7 @@ class NamedModel:
     licence: str
     note: str = ""
     preprocess: PreprocessSpec | None = None  # overrides the arch's when the publisher's processor differs
+    published: Published | None = None  # ImageNet-1k val accuracy, where the checkpoint classifies ImageNet-1k
 
 
 MODELS: dict[str, NamedModel] = {m.hub_id: m for m in (
@@ -87,22 +107,40 @@ MODELS: dict[str, NamedModel] = {m.hub_id: m for m in (
                "ImageNet-21k backbone: trained pre-logits pooler, no classifier (the published head is zeroed)",
                HF_VIT),
     NamedModel("google/vit-base-patch16-224", "hf", "vit_base_patch16_224", "imagenet-1k", "apache-2.0",
-               "ImageNet-21k pre-trained, ImageNet-1k fine-tuned; its pooler is untrained", HF_VIT),
+               "ImageNet-21k pre-trained, ImageNet-1k fine-tuned; its pooler is untrained", HF_VIT,
+               _timm_result("vit_base_patch16_224.orig_in21k_ft_in1k", 81.782, 96.122)),
     NamedModel("google/vit-large-patch16-384", "hf", "vit_large_patch16_384", "imagenet-1k", "apache-2.0",
-               "published as a pickle .bin only (loaded with weights_only=True)", HF_VIT.at_size(384)),
+               "published as a pickle .bin only (loaded with weights_only=True)", HF_VIT.at_size(384),
+               Published(85.30, None, "ViT paper (arXiv 2010.11929) Table 2, ViT-L/16 pre-trained on ImageNet-21k",
+                         PreprocessSpec(input_size=384, crop_pct=1.0, resize_mode="exact", interpolation="bilinear"))),
     NamedModel("timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "timm", "vit_small_patch16_224", "imagenet-1k",
-               "apache-2.0", "AugReg: ImageNet-21k pre-trained, ImageNet-1k fine-tuned"),
+               "apache-2.0", "AugReg: ImageNet-21k pre-trained, ImageNet-1k fine-tuned", None,
+               _timm_result("vit_small_patch16_224.augreg_in21k_ft_in1k", 81.402, 96.150)),
     NamedModel("microsoft/beit-base-patch16-224", "hf", "beit_base_patch16_224", "imagenet-1k", "apache-2.0",
-               "BEiT: self-supervised on ImageNet-21k, fine-tuned on 21k then 1k", HF_VIT),
+               "BEiT: self-supervised on ImageNet-21k, fine-tuned on 21k then 1k", HF_VIT,
+               _timm_result("beit_base_patch16_224.in22k_ft_in22k_in1k", 85.238, 97.654)),
     NamedModel("facebook/deit-tiny-patch16-224", "hf", "deit_tiny_patch16_224", "imagenet-1k", "apache-2.0",
-               "", HF_DEIT),
+               "", HF_DEIT, _timm_result("deit_tiny_patch16_224.fb_in1k", 72.190, 91.100)),
     NamedModel("facebook/deit-small-patch16-224", "hf", "deit_small_patch16_224", "imagenet-1k", "apache-2.0",
-               "", HF_DEIT),
+               "", HF_DEIT, _timm_result("deit_small_patch16_224.fb_in1k", 79.856, 95.056)),
     NamedModel("facebook/deit-base-patch16-224", "hf", "deit_base_patch16_224", "imagenet-1k", "apache-2.0",
-               "", HF_DEIT),
+               "", HF_DEIT, _timm_result("deit_base_patch16_224.fb_in1k", 81.980, 95.740)),
     NamedModel("facebook/deit-base-distilled-patch16-224", "hf", "deit_base_distilled_patch16_224",
-               "imagenet-1k", "apache-2.0", "distilled: class and distillation heads averaged", HF_DEIT),
+               "imagenet-1k", "apache-2.0", "distilled: class and distillation heads averaged", HF_DEIT,
+               _timm_result("deit_base_distilled_patch16_224.fb_in1k", 83.384, 96.492)),
 )}
+
+
+def published_for(model: str | None, arch: str | None) -> tuple[str, Published, bool] | None:
+    """(registry name, its published figure, whether these are that checkpoint's weights) for a --model /
+    --arch pair: the named model itself, or the one published checkpoint of a bare file's architecture."""
+    if model in MODELS and MODELS[model].published:
+        return model, MODELS[model].published, True
+    if arch:
+        rows = [name for name, m in MODELS.items() if m.arch == arch and m.published]
+        if len(rows) == 1:
+            return rows[0], MODELS[rows[0]].published, False
+    return None
 
 
 def arch(name: str) -> Arch:

@@ -54,6 +54,14 @@ def mean_over_ranks(value: float) -> float:
     return _all_reduce_sum([value], torch.float64)[0] / rank_and_world()[1]
 
 
+def broadcast_from_rank0(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Rank 0's values of `tensors` on every rank (in place; the tensors themselves when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
+    return tensors
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

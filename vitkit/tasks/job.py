@@ -140,13 +140,14 @@ def run(job: Job, spec, process: BatchFn, batch_size: int, workers: int, max_pix
             size = len(batch.indices) + len(batch.errors)
             processed, errors = processed + size, errors + len(batch.errors)
             if sum(len(p.rows) for p in pending[chunk]) == len(job.chunk_range(chunk)):
-                job.write(chunk, _concat(pending.pop(chunk)))
+                job.write(chunk, concat_chunks(pending.pop(chunk)))
             bar.update(size)
     processed, errors = distributed.sum_over_ranks([processed, errors])
     return Stats(len(job.paths), already, processed, errors)
 
 
-def _concat(pieces: list[Chunk]) -> Chunk:
+def concat_chunks(pieces: list[Chunk]) -> Chunk:
+    """Consecutive pieces of one chunk as one Chunk."""
     rows = [row for piece in pieces for row in piece.rows]
     arrays = {k: torch.cat([piece.arrays[k] for piece in pieces]) for k in pieces[0].arrays}
     return Chunk(rows, arrays)

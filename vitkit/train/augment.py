@@ -25,7 +25,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from vitkit.config import PreprocessSpec
 from vitkit.data.decode import to_rgb
-from vitkit.data.transforms import RESAMPLE, _normalize, preprocess
+from vitkit.data.transforms import RESAMPLE, _normalize, eval_region, eval_view, preprocess
 
 # op name -> (magnitudes over the bins, or None when the op has none; signed: a random sign is drawn)
 OpSpace = dict[str, tuple[tuple[float, ...] | None, bool]]
@@ -258,9 +258,7 @@ class TrainTransform:
             raise TypeError("the train transform needs a seeded torch.Generator (see sample_generator)")
         if image.mode != "RGB":
             image = to_rgb(image)
-        size = self.spec.input_size
-        top, left, h, w = random_resized_crop_params(image.width, image.height, self.scale, self.ratio, generator)
-        image = image.crop((left, top, left + w, top + h)).resize((size, size), RESAMPLE[self.spec.interpolation])
+        image = self._crop(image, generator)
         if self.hflip > 0 and torch.rand(1, generator=generator).item() < self.hflip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         parsed = self._parsed
@@ -270,6 +268,20 @@ class TrainTransform:
             image = rand_augment(image, generator, num_ops=parsed[2], magnitude=parsed[1],
                                  interpolation=self.aug_interpolation, fill=self.fill)
         return torch.from_numpy(_normalize(image, self.spec))
+
+    def _crop(self, image: Image.Image, generator: torch.Generator) -> Image.Image:
+        """A random crop of the eval view's region (area `scale`, aspect `ratio` times the region's own),
+        resized to the input size; the whole region is exactly the eval view."""
+        left, top, right, bottom = eval_region(image.width, image.height, self.spec)
+        width, height = max(1, round(right - left)), max(1, round(bottom - top))
+        aspect = width / height
+        y, x, h, w = random_resized_crop_params(width, height, self.scale,
+                                                (self.ratio[0] * aspect, self.ratio[1] * aspect), generator)
+        if (h, w) == (height, width):
+            return eval_view(image, self.spec)
+        size = self.spec.input_size
+        box = (left + x, top + y, left + x + w, top + y + h)
+        return image.resize((size, size), RESAMPLE[self.spec.interpolation], box=box)
 
 
 @dataclass(frozen=True)
@@ -286,7 +298,8 @@ def train_transform(spec: PreprocessSpec, scale: tuple[float, float] = (0.08, 1.
                     ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
                     auto_augment: str | None = "trivial", *, aug_interpolation: str = "nearest",
                     fill: tuple[int, int, int] | int | None = None) -> TrainTransform:
-    """RandomResizedCrop(spec.input_size, scale, ratio, spec.interpolation) -> horizontal flip with
+    """RandomResizedCrop(spec.input_size, scale, ratio, spec.interpolation) inside the region the eval
+    transform shows (ratio relative to that region's aspect) -> horizontal flip with
     probability `hflip` -> `auto_augment` ("trivial", "rand", "rand-m9-n2" or None) -> scale to [0, 1]
     and normalize with spec.mean/std exactly as inference does."""
     return TrainTransform(spec, tuple(scale), tuple(ratio), hflip, auto_augment, aug_interpolation, fill)

@@ -279,6 +279,10 @@ def _classes_in(folder: Path) -> dict[str, list[str]]:
         hint = (f" ({len(loose)} images lie directly in it: move them into one subfolder per class)"
                 if loose else "")
         raise DatasetError(f"{folder}: no class subfolders{hint}")
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_name(p))
+    if loose:
+        raise DatasetError(f"{folder}: {len(loose)} image(s) lie beside the class folders ({_list(loose)}): "
+                           "move each into its class folder, or remove them")
     by_class = {c.name: _images_under(c) for c in classes}
     empty = [name for name, paths in by_class.items() if not paths]
     if empty:

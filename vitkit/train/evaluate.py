@@ -1,7 +1,7 @@
-"""Evaluate a classifier on labelled images: loss, top-1/top-5, per-class precision and recall, confusion
-matrix. Used after each training epoch and by `vitkit eval`.
+"""Validation during fine-tuning: loss, top-1/top-5, per-class precision and recall, confusion matrix of a
+network on labelled images (the checkpoint's eval transform). `vitkit eval` is vitkit.evaluate.
 
-Try it:  vitkit eval DATA --model OUT_DIR --json
+Try it:  python -m pytest tests/test_finetune.py -q
 """
 
 from __future__ import annotations
@@ -51,38 +51,3 @@ def evaluate(net: VisionTransformer, dataset: LabelledImages, labels: list[str],
     return {"count": count, "loss": loss_sum / max(count, 1), "top1": correct.sum().item() / max(count, 1),
             "top5": top5_hits / max(count, 1), "per_class": per_class, "confusion": confusion.tolist(),
             "labels": list(labels)}
-
-
-def evaluate_folder(data: str, model: str | None, arch: str | None, image_size: int | None, device: str,
-                    batch_size: int, workers: int, out: str | None) -> dict:
-    """`vitkit eval`: the model's own preprocessing on DATA (its val/ split when it has one); class names
-    are matched by name, so DATA may hold a subset of the model's classes."""
-    import json
-    from pathlib import Path
-
-    from vitkit.api import load
-    from vitkit.checkpoints.io import write_atomic_text
-    from vitkit.train.augment import eval_transform
-    from vitkit.train.datasets import discover
-
-    loaded = load(model, arch, image_size=image_size, device=device)
-    splits = discover(data, val_split=None, seed=0)
-    items = splits.val or splits.train
-    index = {name: i for i, name in enumerate(loaded.labels)}
-    unknown = sorted(set(splits.labels) - set(index))
-    if unknown:
-        raise ValueError(f"classes in {data} that the model does not know: {', '.join(unknown[:10])}")
-    items = [(path, index[splits.labels[label]]) for path, label in items]
-    dataset = LabelledImages(items, eval_transform(loaded.spec), seed=0)
-    report = evaluate(loaded.net, dataset, list(loaded.labels), batch_size, loaded.device, workers)
-    report["per_class"] = {k: v for k, v in report["per_class"].items() if v["support"]}
-    report.update(model=loaded.source, data=str(data))
-    if out:
-        from vitkit.train.plots import plot_confusion
-
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_atomic_text(json.dumps(report, indent=2) + "\n", Path(out) / "report.json")
-        present = sorted({label for _, label in items})
-        matrix = [[report["confusion"][i][j] for j in present] for i in present]
-        plot_confusion(matrix, [loaded.labels[i] for i in present], Path(out) / "confusion.png")
-    return report

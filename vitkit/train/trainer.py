@@ -5,9 +5,14 @@ the global RNG (drop path) is saved in every checkpoint; each global batch is th
 whatever the number of ranks (rank r takes its slice of every global batch). So a run interrupted and
 resumed, and a run on N ranks, follow the same loss curve as one uninterrupted single-process run.
 
+Linear probe first (LP-FT): `linear-probe` solves the head on frozen features (vitkit.train.probe) and stops;
+`freeze` and `full` start fine-tuning from that head, and the probe counts as epoch 0: it is evaluated and
+kept as the best model until an epoch beats it on validation, so the saved model is never worse there.
+
 Output: OUT is a transformers model folder (config.json with id2label, model.safetensors,
 preprocessor_config.json) holding the best model by validation top-1 (the last one without validation),
-plus log.jsonl, curves.png, train_config.json and checkpoints/last.pt (for --resume).
+plus log.jsonl, curves.png, train_config.json and checkpoints/last.pt (for --resume). An existing OUT is
+refused unless the run resumes it or overwrites it.
 
 Try it:  python -m pytest tests/test_finetune.py -q
 """
@@ -36,10 +41,13 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.tasks import distributed
 from vitkit.train.augment import eval_transform, mixup_cutmix, train_transform
 from vitkit.train.config import TrainConfig
-from vitkit.train.datasets import LabelledImages, discover, find_bad_images
+from vitkit.train.datasets import DatasetError, LabelledImages, discover, find_bad_images
+from vitkit.train.defaults import resolve
 from vitkit.train.ema import EMA
 from vitkit.train.evaluate import autocast, evaluate
+from vitkit.train.features import FeatureExtractor
 from vitkit.train.optim import apply_recipe, build_optimizer
+from vitkit.train.probe import Probe, fit_probe
 from vitkit.train.schedule import lr_at, set_lr
 
 CHECKPOINT = "checkpoints/last.pt"
@@ -53,8 +61,10 @@ class State:
     step_in_epoch: int = 0
     global_step: int = 0
     best_top1: float = -1.0
+    best_epoch: int = -1  # 0: the linear probe
     bad_epochs: int = 0
     epoch_loss_sum: float = 0.0  # over the steps of the current epoch so far
+    probed: bool = False  # the head was solved by the linear probe (it is in the checkpointed weights)
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
@@ -65,10 +75,13 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
 def build_network(cfg: TrainConfig, labels: list[str]):
     """The base model with a new head for `labels` (and the run's drop path); returns (net, eval spec)."""
     base = load_model(cfg.model, cfg.arch, image_size=cfg.image_size, device="cpu")
-    new_cfg = base.config.replace(num_classes=len(labels), labels=tuple(labels), drop_path=cfg.drop_path)
+    # a pre-logits (pooler) layer is dropped with the old head, as transformers and timm do when fine-tuning
+    # e.g. the ImageNet-21k ViT: their classifiers (and so the saved folder) read the class token directly
+    new_cfg = base.config.replace(num_classes=len(labels), labels=tuple(labels), drop_path=cfg.drop_path,
+                                  pre_logits_dim=0)
     with torch.device("meta"):
         net = VisionTransformer(new_cfg)
-    heads = ("head.", "head_dist.")
+    heads = ("head.", "head_dist.", "pre_logits.")
     kept = {k: v for k, v in base.net.state_dict().items() if not k.startswith(heads)}
     torch.manual_seed(cfg.seed)
     for name in ("head", "head_dist"):
@@ -82,11 +95,22 @@ def build_network(cfg: TrainConfig, labels: list[str]):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False):
         self.out = Path(cfg.out)
         self.device = distributed.init_from_env(cfg.device) or resolve_device(cfg.device)
         self.rank, self.world = distributed.rank_and_world()
+        if not resume and not overwrite and self.out.is_dir() and any(self.out.iterdir()):
+            raise FileExistsError(f"--out {self.out} already holds files: give --resume to continue that run, "
+                                  "--overwrite to replace it, or another --out")
+        splits = discover(cfg.data, cfg.val_split, cfg.seed)
+        if len(splits.labels) < 2:
+            raise DatasetError(f"{cfg.data}: one class ({splits.labels[0]}); a classifier needs at least two")
+        resolved = resolve(cfg, len(splits.train), self.world)
+        self.cfg = cfg = resolved.cfg
+        self._say(f"{len(splits.train)} training and {len(splits.val)} validation images, "
+                  f"{len(splits.labels)} classes; {resolved.line}")
+        for warning in resolved.warnings:
+            self._say(f"warning: {warning}")
         per_step = cfg.batch_size // (self.world * cfg.grad_accum)
         if per_step * self.world * cfg.grad_accum != cfg.batch_size:
             raise ValueError(f"--batch-size {cfg.batch_size} must divide by ranks x --grad-accum "
@@ -94,21 +118,20 @@ class Trainer:
         self.micro = per_step
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("--amp fp16 needs a CUDA GPU (it relies on loss scaling); use --amp bf16 on CPU")
-        splits = discover(cfg.data, cfg.val_split, cfg.seed)
         self.labels = splits.labels
         self.net, self.spec = build_network(cfg, self.labels)
         apply_recipe(self.net, cfg.recipe, cfg.freeze_blocks)
         self.net.grad_checkpointing = cfg.grad_checkpointing
         self.net.to(self.device)
-        aug = None if cfg.augment == "none" else cfg.augment
-        transform = train_transform(self.spec, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, auto_augment=aug)
+        ops = cfg.augment if cfg.augment in ("trivial", "rand") else None
+        transform = train_transform(self.spec, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, auto_augment=ops)
         self.train_set = LabelledImages(splits.train, transform, cfg.seed)
         self.val_set = _val_set(splits.val, self.spec, cfg.seed)
         self.steps_per_epoch = len(splits.train) // cfg.batch_size
         if not self.steps_per_epoch:
             raise ValueError(f"{len(splits.train)} training images are fewer than one batch of {cfg.batch_size}")
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.warmup_steps = cfg.warmup_steps
         self.optimizer = build_optimizer(self.net, cfg.lr, cfg.weight_decay, cfg.layer_decay)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
         self.ema = EMA(self.net, cfg.ema) if cfg.ema else None
@@ -119,39 +142,112 @@ class Trainer:
             self._load_checkpoint()
         elif self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / CHECKPOINT).unlink(missing_ok=True)  # --overwrite: nothing of the old run resumes
             write_atomic_text(json.dumps(cfg.to_dict(), indent=2) + "\n", self.out / "train_config.json")
             (self.out / "log.jsonl").write_text("")
+
+    def _say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, file=sys.stderr, flush=True)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg, state = self.cfg, self.state
         summary = {}
+        if not state.probed and (cfg.recipe == "linear-probe" or cfg.head_init == "probe"):
+            summary = self._probe_phase()
         while state.epoch < cfg.epochs:
             train_loss = self._train_epoch()
             summary = {"kind": "epoch", "epoch": state.epoch, "step": state.global_step, "train_loss": train_loss}
-            if self.val_set is not None:
-                metrics = evaluate(self._eval_net(), self.val_set, self.labels, self.micro * 2, self.device,
-                                   cfg.workers, cfg.amp)
-                summary.update(val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"])
-                improved = metrics["top1"] > state.best_top1
-                state.best_top1 = max(state.best_top1, metrics["top1"])
-                state.bad_epochs = 0 if improved else state.bad_epochs + 1
-            else:
-                improved = True
-            if improved:
-                self._save_model()
+            line = f"epoch {state.epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}"
+            improved = self._validate(summary, state.epoch + 1)
+            line += self._val_note(summary, improved)
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
             self._log(summary)
             self._save_checkpoint()
+            self._say(line)
             if cfg.patience is not None and state.bad_epochs >= cfg.patience:
-                self._log({"kind": "stop", "epoch": state.epoch, "reason": f"no better val top-1 in {cfg.patience} epochs"})
+                reason = f"no better val top-1 in {cfg.patience} epochs"
+                self._log({"kind": "stop", "epoch": state.epoch, "reason": reason})
+                self._say(f"stopped early: {reason}")
                 break
         if self.rank == 0:
             from vitkit.train.plots import plot_curves
 
             plot_curves(self.out / "log.jsonl", self.out / "curves.png")
+            best = "the probe" if state.best_epoch == 0 else f"epoch {state.best_epoch}"
+            self._say(f"best: {best}, val top-1 {state.best_top1:.1%}, saved to {self.out}" if self.val_set else
+                      f"no validation images: the last model is saved to {self.out}")
         distributed.barrier()
         return summary
+
+    def _validate(self, summary: dict, epoch: int) -> bool:
+        """Validation metrics into `summary`; saves the model when it is the best so far (always without
+        validation images). `epoch` counts from 1; 0 is the probe."""
+        state = self.state
+        if self.val_set is None:
+            improved = True
+        else:
+            metrics = evaluate(self._eval_net(), self.val_set, self.labels, self.micro * 2, self.device,
+                               self.cfg.workers, self.cfg.amp)
+            summary.update(val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"])
+            improved = metrics["top1"] > state.best_top1
+            state.best_top1 = max(state.best_top1, metrics["top1"])
+            state.bad_epochs = 0 if improved else state.bad_epochs + 1
+        if improved:
+            state.best_epoch = epoch
+            self._save_model()
+        return improved
+
+    def _val_note(self, summary: dict, improved: bool) -> str:
+        if "val_top1" not in summary:
+            return "  (saved)"
+        return f"  val top-1 {summary['val_top1']:.1%}" + ("  (best, saved)" if improved else "")
+
+    # -- the linear probe -------------------------------------------------------------------------------
+    def _probe_phase(self) -> dict:
+        """Solve the head on frozen features (rank 0; every rank receives it), evaluate it as epoch 0."""
+        probe = self._fit_probe() if self.rank == 0 else None
+        weight, bias = _head_tensors(probe, self.net)
+        weight, bias = distributed.broadcast_from_rank0([weight, bias])
+        with torch.no_grad():
+            for name in ("head", "head_dist"):  # distilled: both heads, whose mean is the probe's logits
+                if hasattr(self.net, name):
+                    getattr(self.net, name).weight.copy_(weight)
+                    getattr(self.net, name).bias.copy_(bias)
+        if self.ema:
+            self.ema = EMA(self.net, self.cfg.ema)
+        summary = {"kind": "probe", "epoch": 0, "step": 0}
+        if probe is not None:
+            summary.update(l2=probe.l2, selection=probe.selection,
+                           grid=[[p.l2, p.top1, p.loss] for p in probe.grid])
+            self._say(probe.describe())
+        improved = self._validate(summary, 0)
+        self.state.probed = True
+        self._log(summary)
+        self._save_checkpoint()
+        self._say("probe" + self._val_note(summary, improved))
+        return summary
+
+    def _fit_probe(self) -> Probe:
+        cfg = self.cfg
+        extractor = FeatureExtractor(self.net, self.device, self.micro * 2, cfg.workers)
+        items = self.train_set.items
+        views = [(eval_transform(self.spec), "train")] + \
+            [(self.train_set.transform, f"train, augmented view {v}") for v in range(1, cfg.views + 1)]
+        train_x = torch.cat([extractor.features(items, t, cfg.seed, v, what) for v, (t, what) in enumerate(views)])
+        train_y = torch.tensor([label for _, label in items] * len(views))
+        val_x = val_y = None
+        if self.val_set is not None:
+            val_x = extractor.features(self.val_set.items, eval_transform(self.spec), cfg.seed, 0, "validation")
+            val_y = torch.tensor(self.val_set.labels)
+        readable = ~train_x.isnan().any(dim=1)
+        if not readable.all():
+            self._say(f"warning: {int((~readable).sum())} training views could not be read and are left out "
+                      "of the probe")
+        smoothing = 0.0 if cfg.recipe == "linear-probe" else cfg.label_smoothing  # LP-FT: the FT loss's optimum
+        return fit_probe(train_x[readable], train_y[readable], len(self.labels), val_x, val_y,
+                         label_smoothing=smoothing)
 
     def _batches(self, epoch: int) -> list[list[int]]:
         """This rank's micro-batches for the rest of the epoch: global batch b is order[b*B:(b+1)*B]; rank r
@@ -298,17 +394,26 @@ def _val_set(items: list[tuple[str, int]], spec, seed: int) -> LabelledImages | 
     return LabelledImages(kept, eval_transform(spec), seed, on_error="raise") if kept else None
 
 
+def _head_tensors(probe: Probe | None, net: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's head on this rank, or zeros of its shape (to be filled by a broadcast from rank 0)."""
+    if probe is not None:
+        return probe.weight.to(net.head.weight.device), probe.bias.to(net.head.bias.device)
+    return torch.zeros_like(net.head.weight), torch.zeros_like(net.head.bias)
+
+
 def _soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     return torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
 def _truncate_log(log: Path, step: int, epoch: int) -> None:
-    """Drops what an interrupted run logged after its last checkpoint, so the log reads as one run."""
+    """Drops what an interrupted run logged after its last checkpoint, so the log reads as one run (the
+    probe's row stays: a checkpoint exists only once the probe is done)."""
     if not log.is_file():
         return
     kept = []
     for line in log.read_text().splitlines():
         row = json.loads(line)
-        if (row["kind"] == "step" and row["step"] <= step) or (row["kind"] != "step" and row["epoch"] < epoch):
+        if row["kind"] == "probe" or (row["kind"] == "step" and row["step"] <= step) or \
+                (row["kind"] not in ("step", "probe") and row["epoch"] < epoch):
             kept.append(line)
     write_atomic_text("".join(line + "\n" for line in kept), log)
