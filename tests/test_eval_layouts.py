@@ -208,6 +208,7 @@ def test_duplicate_display_names_are_told_apart_by_index():
     classes = ClassIndex(imagenet_1k())
     names, wnids = imagenet_1k(), imagenet_1k_wnids()
     assert names[134] == names[517] == "crane" and names[638] == names[639] == "maillot"
+    assert (wnids[134], wnids[517]) == ("n02012849", "n03126707")
     assert (classes.wnid("n02012849"), classes.wnid("n03126707")) == (134, 517)
     with pytest.raises(LayoutError, match=r"\[134, 517\]"):
         classes.name("crane")

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from vitkit.config import PreprocessSpec
 from vitkit.data.decode import ImageDecodeError
-from vitkit.data.transforms import RESAMPLE, _normalize, eval_region, preprocess
+from vitkit.data.transforms import eval_region, preprocess
 from vitkit.train.augment import (
     OPS, _mix, apply_op, cutmix_box, eval_transform, mixup_cutmix, parse_auto_augment, rand_augment_space,
     random_resized_crop_params, smooth_one_hot, train_transform, trivial_augment_space,

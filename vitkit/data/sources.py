@@ -8,14 +8,25 @@ Try it:  python -c "from vitkit.data.sources import expand_inputs; print(len(exp
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 GLOB_CHARS = set("*?[")
+IGNORED_DIRS = {"__MACOSX"}  # macOS archive litter: resource forks named like the images
 
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def images_under(folder: str | Path) -> list[str]:
+    """Image files below `folder` at any depth (symlinks followed, hidden entries skipped), sorted."""
+    found = []
+    for current, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in IGNORED_DIRS)
+        found += [os.path.join(current, f) for f in files if is_image_name(Path(f))]
+    return sorted(found)
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:

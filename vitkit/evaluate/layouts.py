@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitkit.data.sources import is_image_name
+from vitkit.data.sources import images_under
 from vitkit.labels import imagenet_1k, imagenet_1k_wnids
 
 LAYOUTS = ("auto", "synsets", "numbered", "classes", "labels-file", "real")
@@ -157,7 +157,7 @@ def _from_folders(root: Path, classes: ClassIndex, layout: str) -> EvalSet:
     paths, targets = [], []
     for folder in folders:
         index = to_index(folder.name)
-        images = _images_under(folder)
+        images = images_under(folder)
         paths += images
         targets += [(index,)] * len(images)
     if not paths:
@@ -167,19 +167,11 @@ def _from_folders(root: Path, classes: ClassIndex, layout: str) -> EvalSet:
     return EvalSet(paths, targets, f"{root}: {words}, {len(folders)} classes")
 
 
-def _images_under(folder: Path) -> list[str]:
-    found = []
-    for current, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(current, f) for f in files if is_image_name(Path(f))]
-    return sorted(found)
-
-
 # -- labels files ------------------------------------------------------------------------------------------
 def _from_labels_file(root: Path, labels_file: Path, classes: ClassIndex, layout: str) -> EvalSet:
     if not labels_file.is_file():
         raise FileNotFoundError(f"no such labels file: {labels_file}")
-    images = _images_under(root)
+    images = images_under(root)
     if not images:
         raise LayoutError(f"{root}: no images to score")
     if labels_file.suffix.lower() == ".json" or layout == "real":

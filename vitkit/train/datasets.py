@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from vitkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from vitkit.data.sources import is_image_name
+from vitkit.data.sources import IGNORED_DIRS, images_under, is_image_name
 
 Item = tuple[str, int]  # (path, label index)
 Transform = Callable[[Image.Image, torch.Generator], torch.Tensor]
@@ -44,7 +44,6 @@ Transform = Callable[[Image.Image, torch.Generator], torch.Tensor]
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 MANIFEST_COLUMNS = ("path", "label", "split")  # split is optional
-IGNORED_DIRS = {"__MACOSX"}
 SHOWN = 5  # paths named in an error message before "... and N more"
 
 
@@ -241,15 +240,6 @@ def _visible_dirs(folder: Path) -> list[Path]:
                   if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_DIRS)
 
 
-def _images_under(folder: Path) -> list[str]:
-    """Image files below `folder` at any depth (symlinks followed, hidden entries skipped), sorted."""
-    found = []
-    for current, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in IGNORED_DIRS)
-        found += [os.path.join(current, f) for f in files if is_image_name(Path(f))]
-    return sorted(found)
-
-
 def _split_dirs(root: Path) -> dict[str, Path]:
     """{split: folder} when `root` is laid out as train/ [val/] [test/], each holding class folders."""
     train = root / "train"
@@ -283,7 +273,7 @@ def _classes_in(folder: Path) -> dict[str, list[str]]:
     if loose:
         raise DatasetError(f"{folder}: {len(loose)} image(s) lie beside the class folders ({_list(loose)}): "
                            "move each into its class folder, or remove them")
-    by_class = {c.name: _images_under(c) for c in classes}
+    by_class = {c.name: images_under(c) for c in classes}
     empty = [name for name, paths in by_class.items() if not paths]
     if empty:
         raise DatasetError(f"{folder}: no images in class folder(s) {_list(empty)} "
