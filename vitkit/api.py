@@ -20,6 +20,7 @@ from vitkit.checkpoints.save import save
 from vitkit.config import PreprocessSpec, ViTConfig
 from vitkit.data.decode import decode_image
 from vitkit.data.transforms import preprocess_batch
+from vitkit.limits import check_tokens
 
 ImageInput = Image.Image | str | Path | bytes
 POOLS = ("cls", "mean", "tokens", "prelogits")
@@ -53,6 +54,7 @@ class Model:
         self.device = resolve_device(device)
         self.net = loaded.net.to(self.device).eval()
         self.spec: PreprocessSpec = loaded.preprocess.at_size(image_size or loaded.preprocess.input_size)
+        check_tokens(self.spec.input_size, loaded.net.config.patch_size, "--image-size")
         if backend == "onnx":  # exported in memory at this size, verified, run by onnxruntime
             from vitkit.runtime.onnx_backend import onnx_from_network
 

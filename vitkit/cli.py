@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from pathlib import Path
 
+from vitkit import arguments as A
 from vitkit.api import POOLS
 from vitkit.checkpoints.io import CheckpointError
 from vitkit.checkpoints.save import FORMATS as SAVE_FORMATS
@@ -25,7 +27,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", help="registry name (see `vitkit models`), hub id, local folder "
                         "or weights file; omit it and give --arch for random weights")
     parser.add_argument("--arch", help="architecture for a weights file without config, e.g. deit_tiny_patch16_224")
-    parser.add_argument("--image-size", type=int, help="run at this input side (positions are resampled)")
+    parser.add_argument("--image-size", type=A.IMAGE_SIZE, help="run at this input side (positions are resampled)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
 
 
@@ -42,11 +44,11 @@ def _batch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive), globs")
     _model_args(parser)
     _runtime_args(parser)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=1, help="decode processes beside the model (0: inline)")
-    parser.add_argument("--chunk-size", type=int, default=256,
+    parser.add_argument("--batch-size", type=A.BATCH, default=16)
+    parser.add_argument("--workers", type=A.WORKERS, default=1, help="decode processes beside the model (0: inline)")
+    parser.add_argument("--chunk-size", type=A.CHUNK, default=256,
                         help="inputs per resumable part of a job with --output (a multiple of --batch-size)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=A.PIXELS, default=DEFAULT_MAX_PIXELS,
                         help="refuse larger images (decompression-bomb guard)")
     parser.add_argument("--fast-decode", action="store_true",
                         help="JPEG reduce-on-decode: much faster on large photos, slightly different pixels")
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     classify = sub.add_parser("classify", help="top-k labels for images, folders (recursive) and globs")
     _batch_args(classify)
-    classify.add_argument("--top-k", type=int, default=5)
+    classify.add_argument("--top-k", type=A.TOP_K, default=5)
     classify.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
     classify.add_argument("--output", "-o", help="write here (atomically; a re-run resumes) instead of stdout")
 
@@ -77,11 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="model-only or end-to-end speed: img/s, ms p50/p95, peak RSS")
     _model_args(bench)
     _runtime_args(bench)
-    bench.add_argument("--batch-size", type=int, default=1)
-    bench.add_argument("--warmup", type=int, default=3)
-    bench.add_argument("--iters", type=int, default=20)
+    bench.add_argument("--batch-size", type=A.BATCH, default=1)
+    bench.add_argument("--warmup", type=A.NON_NEGATIVE, default=3)
+    bench.add_argument("--iters", type=A.COUNT, default=20)
     bench.add_argument("--e2e", metavar="FOLDER", help="end to end over these images: decode + preprocess + model")
-    bench.add_argument("--workers", type=int, default=2, help="with --e2e: decode processes")
+    bench.add_argument("--workers", type=A.WORKERS, default=2, help="with --e2e: decode processes")
     bench.add_argument("--fast-decode", action="store_true", help="with --e2e: JPEG reduce-on-decode")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
 
@@ -93,40 +95,40 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--recipe", choices=("linear-probe", "freeze", "full"), default="full",
                           help="linear-probe: solve a new head on frozen features; freeze / full (default): "
                                "start from that head, then fine-tune (the first N / all blocks)")
-    finetune.add_argument("--freeze-blocks", type=int, default=0, help="with --recipe freeze: blocks kept fixed")
+    finetune.add_argument("--freeze-blocks", type=A.NON_NEGATIVE, default=0, help="with --recipe freeze: blocks kept fixed")
     finetune.add_argument("--head-init", choices=("probe", "random"), default="probe",
                           help="freeze/full: start from the linear probe's head (default) or a random one")
-    finetune.add_argument("--views", type=int, default=0,
+    finetune.add_argument("--views", type=A.int_in(0, 64), default=0,
                           help="linear probe: augmented views of each training image besides the plain one")
     auto = " (default: chosen from the recipe and the data, and printed)"
-    finetune.add_argument("--epochs", type=int, help="epochs" + auto)
-    finetune.add_argument("--batch-size", type=int, help="global batch (all ranks, all accumulation)" + auto)
-    finetune.add_argument("--grad-accum", type=int, default=1)
-    finetune.add_argument("--lr", type=float, help="peak learning rate of the head" + auto)
-    finetune.add_argument("--min-lr", type=float, default=1e-6)
-    finetune.add_argument("--warmup-steps", type=int, help="linear warm-up" + auto)
-    finetune.add_argument("--weight-decay", type=float, default=0.05)
-    finetune.add_argument("--layer-decay", type=float, help="layer-wise LR decay, e.g. 0.65" + auto)
-    finetune.add_argument("--label-smoothing", type=float, default=0.1)
-    finetune.add_argument("--drop-path", type=float, default=0.0)
-    finetune.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
+    finetune.add_argument("--epochs", type=A.int_in(0, 100_000), help="epochs" + auto)
+    finetune.add_argument("--batch-size", type=A.BATCH, help="global batch (all ranks, all accumulation)" + auto)
+    finetune.add_argument("--grad-accum", type=A.int_in(1, 1024), default=1)
+    finetune.add_argument("--lr", type=A.float_in(0.0, 10.0), help="peak learning rate of the head" + auto)
+    finetune.add_argument("--min-lr", type=A.float_in(0.0, 10.0), default=1e-6)
+    finetune.add_argument("--warmup-steps", type=A.NON_NEGATIVE, help="linear warm-up" + auto)
+    finetune.add_argument("--weight-decay", type=A.float_in(0.0, 10.0), default=0.05)
+    finetune.add_argument("--layer-decay", type=A.float_in(0.0, 1.0, low_open=True), help="layer-wise LR decay, e.g. 0.65" + auto)
+    finetune.add_argument("--label-smoothing", type=A.float_in(0.0, 0.99), default=0.1)
+    finetune.add_argument("--drop-path", type=A.float_in(0.0, 0.99), default=0.0)
+    finetune.add_argument("--clip-grad", type=A.float_in(0.0, 1e6), default=1.0, help="max gradient norm (0: off)")
     finetune.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none")
     finetune.add_argument("--grad-checkpointing", action="store_true")
-    finetune.add_argument("--ema", type=float, help="keep an exponential moving average, e.g. 0.9998")
+    finetune.add_argument("--ema", type=A.float_in(0.0, 1.0, low_open=True), help="keep an exponential moving average, e.g. 0.9998")
     finetune.add_argument("--augment", choices=("auto", "light", "trivial", "rand", "none"), default="auto",
                           help="light: random crops (of 70-100%% of the eval view) and flips; trivial/rand: "
                                "TrivialAugment/RandAugment ops, crops down to 8%%; none: no ops, no crops "
                                "unless --crop-scale" + auto)
-    finetune.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (0 for digits, text)")
-    finetune.add_argument("--crop-scale", type=float,
+    finetune.add_argument("--hflip", type=A.FRACTION, default=0.5, help="horizontal flip probability (0 for digits, text)")
+    finetune.add_argument("--crop-scale", type=A.float_in(0.0, 1.0, low_open=True),
                           help="smallest area fraction of the random crop of the eval view (1: no crop)" + auto)
-    finetune.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
-    finetune.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
-    finetune.add_argument("--val-split", type=float, default=0.1, help="when DATA has no val/ (0: none)")
-    finetune.add_argument("--patience", type=int, help="stop after this many epochs without a better val top-1")
-    finetune.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
-    finetune.add_argument("--seed", type=int, default=0)
-    finetune.add_argument("--workers", type=int, default=1)
+    finetune.add_argument("--mixup", type=A.float_in(0.0, 100.0), default=0.0, help="mixup alpha (0: off)")
+    finetune.add_argument("--cutmix", type=A.float_in(0.0, 100.0), default=0.0, help="cutmix alpha (0: off)")
+    finetune.add_argument("--val-split", type=A.float_in(0.0, 0.9), default=0.1, help="when DATA has no val/ (0: none)")
+    finetune.add_argument("--patience", type=A.COUNT, help="stop after this many epochs without a better val top-1")
+    finetune.add_argument("--checkpoint-every", type=A.NON_NEGATIVE, default=0, help="also checkpoint every N steps")
+    finetune.add_argument("--seed", type=A.NON_NEGATIVE, default=0)
+    finetune.add_argument("--workers", type=A.WORKERS, default=1)
     finetune.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
     finetune.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
@@ -142,9 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--layout", choices=LAYOUTS, default="auto", help="how DATA is laid out (default: detected)")
     evaluate.add_argument("--protocol", choices=("checkpoint", "published"), default="checkpoint",
                           help="preprocessing: the checkpoint's own (default), or the one its published figure used")
-    evaluate.add_argument("--crop-pct", type=float, help="override the centre-crop fraction, e.g. 0.875 or 1.0")
-    evaluate.add_argument("--batch-size", type=int, default=32)
-    evaluate.add_argument("--workers", type=int, default=1)
+    evaluate.add_argument("--crop-pct", type=A.float_in(0.0, 2.0, low_open=True), help="override the centre-crop fraction, e.g. 0.875 or 1.0")
+    evaluate.add_argument("--batch-size", type=A.BATCH, default=32)
+    evaluate.add_argument("--workers", type=A.WORKERS, default=1)
     evaluate.add_argument("--out", help="folder for report.json, confusion.npy, confusion.png, predictions.jsonl")
     evaluate.add_argument("--json", action="store_true", help="print the JSON report")
     evaluate.add_argument("--no-progress", action="store_true")
@@ -156,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(onnx)
     onnx.add_argument("--out", required=True, help="the .onnx file")
     onnx.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch axis (default: batch 1)")
-    onnx.add_argument("--opset", type=int, default=17)
+    onnx.add_argument("--opset", type=A.int_in(14, 23), default=17)
     onnx.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="fp16: for GPU runtimes")
     onnx.add_argument("--json", action="store_true", help="print the export report as JSON")
 
@@ -182,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
 FEATURE_CLIS = ("vitkit.quantize.cli", "vitkit.explain.cli", "vitkit.index.cli", "vitkit.service.cli")
 
 # optional packages -> the pyproject extra that installs them, for a clear error when one is missing
-EXTRAS = {"lancedb": "index", "filelock": "index", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve",
+EXTRAS = {"lancedb": "index", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve",
           "prometheus_client": "serve", "onnx": "onnx", "onnxruntime": "onnx", "pyarrow": "parquet",
           "matplotlib": "train"}
 
@@ -202,6 +204,7 @@ def _load_for_batch(args):
     from vitkit.api import load
     from vitkit.tasks import distributed
 
+    _check_output(getattr(args, "output", None))
     device = distributed.init_from_env(args.device) or args.device
     if distributed.rank_and_world()[1] > 1 and not getattr(args, "output", None):
         raise ValueError("under torchrun, give --output: each rank writes its part and rank 0 merges them")
@@ -220,12 +223,14 @@ def _job_settings(args, model, **task) -> dict:
 
 
 def _inputs(args) -> list[str]:
-    from vitkit.data.sources import expand_inputs
+    from vitkit.data.sources import scan_inputs
 
-    paths = expand_inputs(args.paths)
-    if not paths:
+    scan = scan_inputs(args.paths)
+    if scan.note():
+        print(f"note: {scan.note()}", file=sys.stderr)
+    if not scan.paths:
         raise ValueError(f"no images found in {' '.join(args.paths)}")
-    return paths
+    return scan.paths
 
 
 def _run_job(args, model, settings: dict, process, merge) -> int:
@@ -237,7 +242,26 @@ def _run_job(args, model, settings: dict, process, merge) -> int:
     if job.finish(work, merge):
         print(f"wrote {args.output}: {stats.total} rows ({stats.already_done} from an earlier run, "
               f"{stats.processed} now, {stats.errors} unreadable)", file=sys.stderr)
+    return _exit_code(stats.processed, stats.errors)
+
+
+def _exit_code(count: int, errors: int) -> int:
+    """1 when every input of the run failed (nothing useful came out), else 0."""
+    if count and errors == count:
+        print(f"every input failed ({errors} of {count}): see their error fields", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_output(path: str | None) -> None:
+    """An output file that cannot be written is an error before any work, not after it."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--output {path} is a folder: give a file name")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise ValueError(f"--output {path}: {target.parent} is not a folder")
 
 
 def _cmd_models(args) -> int:
@@ -277,9 +301,9 @@ def _cmd_classify(args) -> int:
     rows = classify_paths(model, _inputs(args), args.top_k, args.batch_size, args.workers,
                           args.max_pixels, args.fast_decode, progress=not args.no_progress)
     count, errors = write_rows(rows, args.format, sys.stdout, args.top_k)
-    if errors:
+    if errors and errors < count:
         print(f"{errors} of {count} inputs could not be classified (see their error field)", file=sys.stderr)
-    return 0
+    return _exit_code(count, errors)
 
 
 def _cmd_embed(args) -> int:
@@ -288,6 +312,10 @@ def _cmd_embed(args) -> int:
 
     check_suffix(args.output)
     model = _load_for_batch(args)
+    depth = model.config.depth
+    if args.layers and any(not -depth <= i < depth for i in args.layers):
+        raise ValueError(f"--layers {','.join(map(str, args.layers))}: {model.source} has {depth} blocks "
+                         f"(indices {-depth}..{depth - 1})")
     pool = args.pool or model.default_pool
     shape = model.embedding_shape(pool, args.layers)
     settings = _job_settings(args, model, task="embed", pool=pool, layers=args.layers, normalize=args.normalize)
@@ -409,10 +437,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = _apply_aliases(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     args = _parser().parse_args(argv)
     handler = getattr(args, "handler", None) or COMMANDS[args.command]
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 are printed as their bytes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape" if stream is sys.stdout else "backslashreplace")
     try:
         return handler(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError, KeyError, ValueError, RuntimeError,
-            NotImplementedError) as err:
+    except BrokenPipeError:  # `vitkit ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (CheckpointError, OSError, KeyError, ValueError, RuntimeError, NotImplementedError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"vitkit {args.command}: error: {message}", file=sys.stderr)
         return 2

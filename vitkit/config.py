@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vitkit.labels import default_labels
+from vitkit.limits import CONFIG_INTS, INPUT_SIZE, MAX_PARAMETERS, check_float, check_int, check_tokens
 
 # Variants are data: name -> (width, depth, mlp_dim, heads), as in big_vision's decode_variant.
 WIDTHS = {
@@ -64,6 +65,18 @@ class ViTConfig:
     labels: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
+        for name, (low, high) in CONFIG_INTS.items():
+            check_int(name, getattr(self, name), low, high)
+        check_float("norm_eps", self.norm_eps, 0.0, 1.0, low_open=True)
+        check_float("drop_path", self.drop_path, 0.0, 0.99)
+        if self.layer_scale_init is not None:
+            check_float("layer_scale_init", self.layer_scale_init, 0.0, 100.0, low_open=True)
+        if self.patch_size > self.image_size:
+            raise ValueError(f"patch_size {self.patch_size} is larger than image_size {self.image_size}")
+        check_tokens(self.image_size, self.patch_size)
+        if self.parameters_estimate() > MAX_PARAMETERS:
+            raise ValueError(f"width {self.width} x depth {self.depth} (mlp {self.mlp_dim}) is about "
+                             f"{self.parameters_estimate() / 1e9:.0f}B parameters, more than {MAX_PARAMETERS / 1e9:.0f}B")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.image_size % self.patch_size:
@@ -74,6 +87,12 @@ class ViTConfig:
             object.__setattr__(self, "labels", default_labels(self.num_classes))
         if len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+
+    def parameters_estimate(self) -> int:
+        """Roughly how many parameters this config allocates (blocks, patch embedding, head)."""
+        block = 4 * self.width * self.width + 2 * self.width * self.mlp_dim
+        head = (self.pre_logits_dim or self.width) * self.num_classes * (2 if self.dist_token else 1)
+        return self.depth * block + self.in_chans * self.patch_size ** 2 * self.width + head
 
     @property
     def grid(self) -> int:
@@ -130,6 +149,9 @@ BEIT_FIELDS = dict(
 )
 
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How pixels reach the model: resize, centre crop, scale to [0, 1], normalize.
@@ -145,6 +167,22 @@ class PreprocessSpec:
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        check_int("input_size", self.input_size, *INPUT_SIZE)
+        check_float("crop_pct", self.crop_pct, 0.0, 2.0, low_open=True)  # > 1: zero padding
+        if self.resize_mode not in ("shortest", "exact"):
+            raise ValueError(f"resize_mode {self.resize_mode!r} is not 'shortest' or 'exact'")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, (tuple, list)) or len(values) != 3:
+                raise ValueError(f"{name} must be 3 numbers (R, G, B), got {values!r}")
+            for value in values:
+                check_float(name, value, 0.0 if name == "std" else -10.0, 10.0, low_open=name == "std")
+        if self.resize > 16 * INPUT_SIZE[1]:
+            raise ValueError(f"crop_pct {self.crop_pct} resizes to {self.resize} px: too small a crop fraction")
 
     @property
     def resize(self) -> int:

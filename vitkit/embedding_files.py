@@ -12,7 +12,6 @@ Try it:  python -c "from vitkit.embedding_files import read_embeddings; print(re
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from math import prod
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from vitkit.checkpoints.io import atomic_path
+from vitkit.checkpoints.io import atomic_path, publish
 from vitkit.tasks.job import Chunk
 
 SUFFIXES = (".npy", ".safetensors", ".parquet")
@@ -82,7 +81,7 @@ def _write_npy(chunks, tmp: Path, final: Path, count: int, shape: tuple[int, ...
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         array.flush()
         del array
-        os.replace(rows_tmp, rows_path(final))
+        publish(rows_tmp, rows_path(final))
     finally:
         rows_tmp.unlink(missing_ok=True)
 

@@ -17,8 +17,10 @@ SUPPORTED_TYPES = ("vit", "deit", "beit")
 def _side(value, what: str) -> int:
     if isinstance(value, int):
         return value
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and len(value) == 2:
         h, w = value
+    elif not isinstance(value, dict):
+        raise ValueError(f"{what} must be an integer, [height, width] or {{'height', 'width'}}, got {value!r}")
     else:
         if "shortest_edge" in value:
             return value["shortest_edge"]

@@ -10,14 +10,19 @@ print(len(read_tensors('../shared/weights/deit-tiny-patch16-224/model.safetensor
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from vitkit.limits import MAX_ARRAY_BYTES, MAX_INFLATION
 
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
 _UMASK = os.umask(0o022)
@@ -38,16 +43,46 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if name.endswith(".index.json"):
         return _read_sharded(path)
     if name.endswith(".safetensors"):
-        return load_file(path)  # memory-mapped: tensors are read from the page cache, not copied up front
+        try:
+            return load_file(path)  # memory-mapped: tensors are read from the page cache, not copied up front
+        except SafetensorError as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
     if name.endswith(PICKLE_SUFFIXES):
         return _unwrap(_read_pickle(path), path)
     if name.endswith(".npz"):
+        _check_npz(path)
         with np.load(path, allow_pickle=False) as npz:
             return {key: torch.from_numpy(np.array(npz[key])) for key in npz.files}
     raise CheckpointError(
         f"unsupported weights file {path.name}: expected .safetensors, .bin/.pth/.pt (PyTorch), .npz (JAX) "
         "or a sharded *.index.json"
     )
+
+
+def _check_npz(path: Path) -> None:
+    """Every member's header (dtype, shape) and sizes, read before any array: a member that inflates far
+    beyond its stored size (a zip bomb), an object array or an oversized tensor is refused."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.compress_type != zipfile.ZIP_STORED and member.file_size > 2**26 and \
+                        member.file_size > MAX_INFLATION * max(member.compress_size, 1):
+                    raise CheckpointError(f"{path}: {member.filename} inflates from {member.compress_size} to "
+                                          f"{member.file_size} bytes, more than {MAX_INFLATION}x: refused (zip bomb?)")
+                with archive.open(member) as stream:
+                    version = np.lib.format.read_magic(stream)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(stream)
+                if dtype.hasobject or dtype.kind not in "biuf":
+                    raise CheckpointError(f"{path}: {member.filename} holds {dtype} values, not numbers")
+                if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+                    raise CheckpointError(f"{path}: {member.filename} is {shape} {dtype}, larger than "
+                                          f"{MAX_ARRAY_BYTES / 2**30:.0f} GiB")
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} is not a readable .npz archive: {err}") from None
 
 
 def _read_pickle(path: Path) -> dict:
@@ -62,6 +97,9 @@ def _read_pickle(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise _refused(path, err) from err
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise CheckpointError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
+            from None
 
 
 def _refused(path: Path, err: Exception) -> CheckpointError:
@@ -87,15 +125,29 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
-    weight_map = json.loads(index.read_text())["weight_map"]
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{index} is not a sharded checkpoint index (a JSON object with a 'weight_map' "
+                              f"of tensor -> file): {type(err).__name__} {err}") from None
     tensors = {}
-    for shard in sorted(set(weight_map.values())):
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise CheckpointError(f"{index} names shard {shard!r}: shards must be files beside the index")
         tensors.update(read_tensors(index.parent / shard))
     return tensors
 
 
+def publish(tmp: Path, target: Path) -> None:
+    """Move a finished temporary file onto `target` with the usual permissions (writers such as safetensors'
+    replace the temporary file with an owner-only one)."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, target)
+
+
 def atomic_path(target: Path):
-    """A temporary path beside `target`; call `os.replace(tmp, target)` when the write succeeded."""
+    """A temporary path beside `target`; call `publish(tmp, target)` when the write succeeded."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -109,7 +161,7 @@ def write_atomic_bytes(data: bytes, target: str | Path) -> None:
     tmp = atomic_path(target)
     try:
         tmp.write_bytes(data)
-        os.replace(tmp, target)
+        publish(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -133,6 +185,6 @@ def write_tensors(tensors: dict[str, torch.Tensor], target: str | Path, metadata
             torch.save(contiguous, tmp)
         else:
             raise CheckpointError(f"cannot write {target.name}: use .safetensors, .npz, .bin or .pth")
-        os.replace(tmp, target)
+        publish(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

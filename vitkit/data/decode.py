@@ -10,13 +10,17 @@ Try it:  python -c "from vitkit.data.decode import decode_image; print(decode_im
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 64_000_000
+from vitkit.limits import IMAGE_FORMATS, MAX_PIXELS
+
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 
 # Pillow's own bomb guard reads this module global on every open and warns or raises at sizes of its
 # choosing (89 MP / 179 MP), before we could see the size. Overriding it temporarily around each open
@@ -24,6 +28,10 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # width * height against its per-call `max_pixels` right after the header is read, before any pixel
 # is decoded. This also disables the guard for other Pillow users in the same process.
 Image.MAX_IMAGE_PIXELS = None
+
+FORMATS = IMAGE_FORMATS  # the only Pillow plugins that run (see vitkit.limits)
+REFUSED_MAGIC = ((b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x02\x00", "CUR"), (b"icns", "ICNS"),
+                 (b"8BPS", "PSD"), (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"))
 
 # grey modes deeper than 8 bits, which Pillow's own convert("RGB") would clip at 255
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -53,8 +61,11 @@ def decode_image(
     - Transparent pixels (RGBA, LA, PA, P or L/RGB with a transparency key) are composited over a white
       background, as transformers' `convert_to_rgb` does, so a cut-out object is seen on white, not black.
 
+    - Only the formats in FORMATS are opened; a path that is not a regular file (a FIFO, a device, a
+      folder) is refused before it is opened, so it cannot block.
+
     File-system problems (missing file, permission denied) are raised unchanged (FileNotFoundError,
-    PermissionError); everything wrong with the content raises ImageDecodeError.
+    PermissionError); everything wrong with the content raises ImageDecodeError, whatever the decoder raised.
     """
     with _open_stream(source) as stream:
         return _decode_stream(stream, max_pixels, draft_size)
@@ -77,6 +88,12 @@ def _open_stream(source: str | Path | bytes) -> BinaryIO:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(source)
     if isinstance(source, (str, Path)):
+        if not str(source):
+            raise FileNotFoundError("an empty path names no file")
+        mode = os.stat(source).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise ImageDecodeError(f"not a regular file ({kind})")
         return open(source, "rb")
     raise TypeError(f"decode_image takes a path or bytes, not {type(source).__name__}")
 
@@ -86,11 +103,16 @@ def _decode_stream(stream: BinaryIO, max_pixels: int, draft_size: int | None) ->
         raise ImageDecodeError("empty file (0 bytes)")
     stream.seek(0)
     try:
-        image = Image.open(stream)
+        image = Image.open(stream, formats=FORMATS)
     except UnidentifiedImageError as e:
+        stream.seek(0)
+        head = stream.read(8)
+        kind = next((name for magic, name in REFUSED_MAGIC if head.startswith(magic)), None)
+        if kind:
+            raise ImageDecodeError(f"{kind} files are not read by vitkit (it reads {', '.join(FORMATS)})") from e
         raise ImageDecodeError("not an image: cannot identify image file") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(f"truncated or corrupt image data: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a decoder's failure on one file is that file's error, whatever it is
+        raise ImageDecodeError(f"truncated or corrupt image data: {_reason(e)}") from e
 
     width, height = image.size
     if width * height > max_pixels:
@@ -104,9 +126,16 @@ def _decode_stream(stream: BinaryIO, max_pixels: int, draft_size: int | None) ->
     try:
         image.load()  # the first frame: Image.open is positioned on frame 0 of an animation
         image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageDecodeError(f"truncated or corrupt image data: {e}") from e
-    return to_rgb(image)
+        return to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - as above (Pillow's AVIF reader raises RuntimeError, for one)
+        raise ImageDecodeError(f"truncated or corrupt image data: {_reason(e)}") from e
+
+
+def _reason(err: Exception) -> str:
+    text = str(err) or "no message"
+    return text if isinstance(err, (OSError, SyntaxError, ValueError, EOFError)) else f"{type(err).__name__}: {text}"
 
 
 def _to_uint8(image: Image.Image) -> np.ndarray:

@@ -42,6 +42,8 @@ class ImageFiles(Dataset):
             return index, None, "no such file"
         except (IsADirectoryError, PermissionError, OSError) as err:
             return index, None, f"cannot read file: {err.strerror or err}"
+        except Exception as err:  # noqa: BLE001 - one file's failure, whatever it is, is that file's row
+            return index, None, f"cannot process image: {type(err).__name__}: {err}"
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from vitkit.config import PreprocessSpec
 from vitkit.data.decode import to_rgb
+from vitkit.limits import STRIP_FACTOR
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -56,7 +57,10 @@ def eval_view(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
         image = to_rgb(image)
     resample = RESAMPLE[spec.interpolation]
     if spec.resize_mode == "shortest":
-        return _centre_crop_torchvision(_resize_shorter_side(image, spec.resize, resample), spec.input_size)
+        new_w, new_h = _shorter_side_size(image.width, image.height, spec.resize)
+        if new_w * new_h > STRIP_FACTOR * spec.input_size ** 2:
+            return _resize_centre_only(image, new_w, new_h, spec.input_size, resample)
+        return _centre_crop_torchvision(image.resize((new_w, new_h), resample), spec.input_size)
     if spec.resize_mode == "exact":
         return _centre_crop_transformers(image.resize((spec.resize, spec.resize), resample), spec.input_size)
     raise ValueError(f"unknown resize_mode {spec.resize_mode!r}: expected 'shortest' or 'exact'")
@@ -67,8 +71,7 @@ def eval_region(width: int, height: int, spec: PreprocessSpec) -> tuple[float, f
     training crops are taken inside it, so that what is learnt is seen in the geometry of inference."""
     size = spec.input_size
     if spec.resize_mode == "shortest":
-        new_w, new_h = (spec.resize, int(spec.resize * height / width)) if width <= height else \
-            (int(spec.resize * width / height), spec.resize)
+        new_w, new_h = _shorter_side_size(width, height, spec.resize)
     else:
         new_w = new_h = spec.resize
     scale_x, scale_y = width / new_w, height / new_h  # source pixels per resized pixel
@@ -78,13 +81,34 @@ def eval_region(width: int, height: int, spec: PreprocessSpec) -> tuple[float, f
     return left, top, right, bottom
 
 
-def _resize_shorter_side(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    """torchvision `Resize(size)` on a PIL image: shorter side -> size, longer side truncated, not rounded."""
-    width, height = image.size
-    short, long = min(width, height), max(width, height)
-    new_long = int(size * long / short)
-    new_size = (size, new_long) if width <= height else (new_long, size)  # PIL sizes are (width, height)
-    return image.resize(new_size, resample)
+def _shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision `Resize(size)`'s output (width, height): shorter side -> size, longer side truncated."""
+    new_long = int(size * max(width, height) / min(width, height))
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def _resize_centre_only(image: Image.Image, new_w: int, new_h: int, size: int,
+                        resample: Image.Resampling) -> Image.Image:
+    """The centre crop of an image resized to (new_w, new_h), computed without that resized image: a thin
+    strip (1 x 50,000 px) would otherwise become a 224 x 11-million-pixel intermediate. Only the crop's part
+    of the pixel grid is resampled (a side shorter than the crop is zero-padded, as torchvision pads); the
+    values differ from resize-then-crop by resampling round-off."""
+    spans = [_crop_span(new_w, size), _crop_span(new_h, size)]  # per axis: (first resized px, count, offset out)
+    scale_x, scale_y = image.width / new_w, image.height / new_h  # source pixels per resized pixel
+    (x0, w, px), (y0, h, py) = spans
+    part = image.resize((w, h), resample, box=(x0 * scale_x, y0 * scale_y, (x0 + w) * scale_x, (y0 + h) * scale_y))
+    if (w, h) == (size, size):
+        return part
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(part, (px, py))
+    return canvas
+
+
+def _crop_span(side: int, size: int) -> tuple[int, int, int]:
+    """torchvision CenterCrop on one axis of length `side`: (first kept pixel, pixels kept, offset in the crop)."""
+    if side >= size:
+        return int(round((side - size) / 2.0)), size, 0
+    return 0, side, (size - side) // 2
 
 
 def _centre_crop_torchvision(image: Image.Image, size: int) -> Image.Image:

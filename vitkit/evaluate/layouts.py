@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitkit.data.sources import images_under
+from vitkit.data.sources import walk_images
 from vitkit.labels import imagenet_1k, imagenet_1k_wnids
 
 LAYOUTS = ("auto", "synsets", "numbered", "classes", "labels-file", "real")
@@ -157,7 +157,7 @@ def _from_folders(root: Path, classes: ClassIndex, layout: str) -> EvalSet:
     paths, targets = [], []
     for folder in folders:
         index = to_index(folder.name)
-        images = images_under(folder)
+        images = walk_images(folder)
         paths += images
         targets += [(index,)] * len(images)
     if not paths:
@@ -171,7 +171,7 @@ def _from_folders(root: Path, classes: ClassIndex, layout: str) -> EvalSet:
 def _from_labels_file(root: Path, labels_file: Path, classes: ClassIndex, layout: str) -> EvalSet:
     if not labels_file.is_file():
         raise FileNotFoundError(f"no such labels file: {labels_file}")
-    images = images_under(root)
+    images = walk_images(root)
     if not images:
         raise LayoutError(f"{root}: no images to score")
     if labels_file.suffix.lower() == ".json" or layout == "real":

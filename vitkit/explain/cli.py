@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from vitkit import arguments as A
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.explain.maps import HEAD_FUSIONS, METHODS, READOUTS
 from vitkit.explain.sheet import COLUMNS
@@ -36,13 +37,13 @@ def add_commands(sub, model_args, runtime_args) -> None:
     parser.add_argument("--readout", choices=READOUTS, default="auto",
                         help="whose attention: auto = the tokens the classifier reads (class token; class + "
                              "distillation tokens for distilled DeiT; patch mean for BEiT)")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=A.TOP_K, default=5)
     parser.add_argument("--sheet", action="store_true", help="also write contact sheets (sheet-001.png, ...)")
     parser.add_argument("--sheet-only", action="store_true", help="write the contact sheets, no per-image PNGs")
-    parser.add_argument("--columns", type=int, default=COLUMNS, help="contact sheet tiles per row")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=1, help="decode processes beside the model (0: inline)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--columns", type=A.int_in(1, 100), default=COLUMNS, help="contact sheet tiles per row")
+    parser.add_argument("--batch-size", type=A.BATCH, default=4)
+    parser.add_argument("--workers", type=A.WORKERS, default=1, help="decode processes beside the model (0: inline)")
+    parser.add_argument("--max-pixels", type=A.PIXELS, default=DEFAULT_MAX_PIXELS,
                         help="refuse larger images (decompression-bomb guard)")
     parser.add_argument("--fast-decode", action="store_true", help="JPEG reduce-on-decode (slightly different pixels)")
     parser.add_argument("--no-progress", action="store_true")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
+from vitkit import arguments as A
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.index import INDEX_POOLS
 
@@ -31,8 +32,8 @@ def add_commands(sub, model_args, runtime_args) -> None:
     add.add_argument("--class-folders", action="store_true",
                      help="each FOLDER holds one subfolder per class: label its images with that name")
     add.add_argument("--prune", action="store_true", help="also remove indexed files gone from the FOLDERs")
-    add.add_argument("--chunk-size", type=int, default=256, help="files per atomic commit")
-    add.add_argument("--ann-threshold", type=int, default=None,
+    add.add_argument("--chunk-size", type=A.CHUNK, default=256, help="files per atomic commit")
+    add.add_argument("--ann-threshold", type=A.NON_NEGATIVE, default=None,
                      help="build the ANN index once the index has this many images (default 50000)")
     add.add_argument("--json", action="store_true", help="print the report as JSON")
     add.set_defaults(handler=_cmd_add)
@@ -41,7 +42,7 @@ def add_commands(sub, model_args, runtime_args) -> None:
     search.add_argument("db", metavar="DB")
     search.add_argument("queries", nargs="+", metavar="QUERY", help="image files, folders, globs")
     _model_options(search, model_args, runtime_args)
-    search.add_argument("--k", type=int, default=10, help="results per query")
+    search.add_argument("--k", type=A.int_in(1, 10_000), default=10, help="results per query")
     search.add_argument("--exact", action="store_true", help="exact search even when an ANN index exists")
     search.add_argument("--format", choices=FORMATS, default="table")
     search.set_defaults(workers=0)  # a few queries: starting decode processes would cost more than it saves
@@ -58,13 +59,13 @@ def add_commands(sub, model_args, runtime_args) -> None:
     stats.add_argument("db", metavar="DB")
     stats.add_argument("--check", action="store_true",
                        help="check the table's integrity and measure the ANN index's recall@10 against exact")
-    stats.add_argument("--samples", type=int, default=100, help="queries for the recall check")
+    stats.add_argument("--samples", type=A.int_in(1, 100_000), default=100, help="queries for the recall check")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(handler=_cmd_stats)
 
     dups = commands.add_parser("dups", help="pairs of near-duplicate (and identical) images")
     dups.add_argument("db", metavar="DB")
-    dups.add_argument("--threshold", type=float, default=0.95, help="cosine similarity from which a pair is listed")
+    dups.add_argument("--threshold", type=A.float_in(-1.0, 1.0), default=0.95, help="cosine similarity from which a pair is listed")
     dups.add_argument("--format", choices=FORMATS, default="table")
     dups.set_defaults(handler=_cmd_dups)
 
@@ -87,9 +88,9 @@ def _model_options(parser, model_args, runtime_args) -> None:
 
 
 def _loader_options(parser) -> None:
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=1, help="decode processes beside the model (0: inline)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--batch-size", type=A.BATCH, default=32)
+    parser.add_argument("--workers", type=A.WORKERS, default=1, help="decode processes beside the model (0: inline)")
+    parser.add_argument("--max-pixels", type=A.PIXELS, default=DEFAULT_MAX_PIXELS,
                         help="refuse larger images (decompression-bomb guard)")
     parser.add_argument("--no-progress", action="store_true")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from stat import S_ISREG
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -125,6 +126,9 @@ def scan(inputs: list[str], class_folders: bool, errors: list[tuple[str, str]]) 
             except OSError as err:
                 errors.append((path, "no such file" if isinstance(err, FileNotFoundError) else
                                f"cannot read file: {err.strerror or err}"))
+                continue
+            if not S_ISREG(stat.st_mode):  # a FIFO would block the content hash forever
+                errors.append((path, "not a regular file"))
                 continue
             parts = Path(os.path.relpath(path, root)).parts if root else ()
             label = parts[0] if class_folders and len(parts) > 1 else None

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from vitkit import arguments as A
+
 METHODS = ("dynamic", "static", "fp16")  # vitkit.quantize.pipeline.METHODS, without importing onnx at parse time
 
 
@@ -24,14 +26,14 @@ def add_commands(sub, model_args, runtime_args) -> None:
                                          "dynamic-per-channel; default: the measured best for --method")
     parser.add_argument("--calib", nargs="+", metavar="PATH",
                         help="calibration images (files, folders, globs); evaluation images among them are left out")
-    parser.add_argument("--calib-views", type=int, default=4, help="crops per calibration image (default 4)")
+    parser.add_argument("--calib-views", type=A.int_in(1, 64), default=4, help="crops per calibration image (default 4)")
     parser.add_argument("--eval", dest="eval_folder", metavar="FOLDER",
                         help="evaluation images: labels.csv (file,class_index|label), class sub-folders, or "
                              "unlabelled (then top-1 agreement gates)")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
                         help="onnx: onnxruntime INT8 graph (.onnx); torch: see docs/quantization-report.md")
     parser.add_argument("--out", help="the .onnx file to write (omit to measure only)")
-    parser.add_argument("--max-drop", type=float, default=1.0,
+    parser.add_argument("--max-drop", type=A.float_in(0.0, 100.0), default=1.0,
                         help="refuse when top-1 accuracy on --eval drops by more points than this (default 1.0)")
     parser.add_argument("--force", action="store_true", help="write the model even when the gate refuses it")
     parser.add_argument("--report", metavar="FILE.md", help="also write the report as markdown")

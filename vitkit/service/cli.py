@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from vitkit import arguments as A
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.service.engine import EMBED_POOLS
 
@@ -24,19 +25,19 @@ def add_commands(sub, model_args, runtime_args) -> None:
     serve.add_argument("--pool", choices=EMBED_POOLS,
                        help="pooling of /v1/embed (default: the index's, else the model's own)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-batch", type=int, default=32, help="most requests run as one model batch")
-    serve.add_argument("--max-wait-ms", type=float, default=10.0,
+    serve.add_argument("--port", type=A.PORT, default=8000)
+    serve.add_argument("--max-batch", type=A.BATCH, default=32, help="most requests run as one model batch")
+    serve.add_argument("--max-wait-ms", type=A.float_in(0.0, 10_000.0), default=10.0,
                        help="how long a batch waits for more requests once the first is there")
-    serve.add_argument("--queue-size", type=int, default=256,
+    serve.add_argument("--queue-size", type=A.int_in(1, 1_000_000), default=256,
                        help="requests waiting for the model beyond which the server answers 503")
-    serve.add_argument("--threads", type=int, help="the model's CPU threads (default: all cores but one)")
-    serve.add_argument("--timeout", type=float, default=30.0,
+    serve.add_argument("--threads", type=A.int_in(1, 1024), help="the model's CPU threads (default: all cores but one)")
+    serve.add_argument("--timeout", type=A.SECONDS, default=30.0,
                        help="seconds for a request body to arrive, and again for the model's answer")
-    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body")
-    serve.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    serve.add_argument("--max-upload-mb", type=A.float_in(0.0, 4096.0, low_open=True), default=20.0, help="largest request body")
+    serve.add_argument("--max-pixels", type=A.PIXELS, default=DEFAULT_MAX_PIXELS,
                        help="refuse larger images (decompression-bomb guard)")
-    serve.add_argument("--decode-concurrency", type=int, default=4, help="uploads decoded at once")
+    serve.add_argument("--decode-concurrency", type=A.int_in(1, 1024), default=4, help="uploads decoded at once")
     serve.add_argument("--fast-decode", action="store_true", help="JPEG reduce-on-decode: faster on large photos")
     serve.add_argument("--api-key", default=os.environ.get("VITKIT_API_KEY"),
                        help="require this key (Authorization: Bearer KEY or X-API-Key); default: $VITKIT_API_KEY")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -23,15 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from vitkit.checkpoints.io import atomic_path
+from vitkit.checkpoints.io import atomic_path, publish
 from vitkit.data.loader import Batch, iter_batches
 from vitkit.tasks import distributed
 
 PROGRESS_MIN_INPUTS = 32  # short runs finish before a bar would help
+LOCK = "job.lock"
 
 
 @dataclass
@@ -75,8 +76,19 @@ class Job:
         return self.parts / f"part-{chunk:07d}.safetensors"
 
     def open(self) -> None:
-        """Create the parts folder, or check that the one there belongs to this same job."""
+        """Create the parts folder and lock it for this job (a second job on the same output is refused at
+        once; the lock dies with a killed process), or check that the one there belongs to this same job."""
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(self.parts / LOCK, timeout=0)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RuntimeError(f"another job is writing {self.output} now (its parts folder {self.parts} is "
+                               "locked): wait for it to finish, or choose another --output") from None
         manifest = self.parts / "job.json"
+        if not manifest.is_file() and self.done():
+            raise RuntimeError(f"{self.parts} holds parts without a job.json, so whose they are is unknown: "
+                               "delete that folder to start over, or choose another --output")
         if manifest.is_file():
             found = json.loads(manifest.read_text())
             if found != self.fingerprint:
@@ -84,10 +96,9 @@ class Job:
                 raise RuntimeError(f"{self.parts} holds an unfinished job with other {', '.join(changed)}: "
                                    "delete that folder to start over, or choose another --output")
             return
-        self.parts.mkdir(parents=True, exist_ok=True)
         tmp = atomic_path(manifest)
         tmp.write_text(json.dumps(self.fingerprint, sort_keys=True))
-        os.replace(tmp, manifest)
+        publish(tmp, manifest)
 
     def done(self) -> set[int]:
         return {int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.safetensors")}
@@ -97,7 +108,7 @@ class Job:
         try:
             tensors = {k: v.contiguous() for k, v in result.arrays.items()}
             save_file(tensors, tmp, metadata={"rows": json.dumps(result.rows, ensure_ascii=False)})
-            os.replace(tmp, self._part(chunk))
+            publish(tmp, self._part(chunk))
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -110,15 +121,36 @@ class Job:
 
     def close(self) -> None:
         shutil.rmtree(self.parts, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None and lock.is_locked:
+            lock.release()
 
 
 def run(job: Job, spec, process: BatchFn, batch_size: int, workers: int, max_pixels: int, fast_decode: bool,
         pin_memory: bool, progress: bool = True) -> Stats:
     """Runs this rank's unfinished chunks of `job`, writing each as it completes."""
     rank, world = distributed.rank_and_world()
+    failure = None
     if rank == 0:
-        job.open()
-    distributed.barrier()
+        try:
+            job.open()
+        except RuntimeError as err:
+            failure = err
+    if distributed.sum_over_ranks([int(failure is not None)])[0]:  # every rank learns that rank 0 failed
+        raise failure or RuntimeError(f"rank 0 could not open the job {job.output} (its error says why)")
+    try:
+        return _run_chunks(job, rank, world, spec, process, batch_size, workers, max_pixels, fast_decode,
+                           pin_memory, progress)
+    except BaseException:
+        job.release()  # an interrupted job: the next run (in this process too) may resume it
+        raise
+
+
+def _run_chunks(job: Job, rank: int, world: int, spec, process: BatchFn, batch_size: int, workers: int,
+                max_pixels: int, fast_decode: bool, pin_memory: bool, progress: bool) -> Stats:
     done = job.done()
     mine = [c for c in range(job.num_chunks) if c % world == rank and c not in done]
     already = sum(len(job.chunk_range(c)) for c in done)
@@ -164,7 +196,7 @@ def finish(job: Job, merge: Callable[[Iterator[Chunk], Path], None]) -> bool:
     tmp = atomic_path(job.output)
     try:
         merge(job.read(), tmp)
-        os.replace(tmp, job.output)
+        publish(tmp, job.output)
     finally:
         tmp.unlink(missing_ok=True)
     job.close()

@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from vitkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from vitkit.data.sources import IGNORED_DIRS, images_under, is_image_name
+from vitkit.data.sources import IGNORED_DIRS, walk_images, is_image_name
 
 Item = tuple[str, int]  # (path, label index)
 Transform = Callable[[Image.Image, torch.Generator], torch.Tensor]
@@ -273,7 +273,7 @@ def _classes_in(folder: Path) -> dict[str, list[str]]:
     if loose:
         raise DatasetError(f"{folder}: {len(loose)} image(s) lie beside the class folders ({_list(loose)}): "
                            "move each into its class folder, or remove them")
-    by_class = {c.name: images_under(c) for c in classes}
+    by_class = {c.name: walk_images(c) for c in classes}
     empty = [name for name, paths in by_class.items() if not paths]
     if empty:
         raise DatasetError(f"{folder}: no images in class folder(s) {_list(empty)} "

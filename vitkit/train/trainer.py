@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from tqdm import tqdm
 
 from vitkit.api import load as load_model, resolve_device
 from vitkit.checkpoints.convert import load_strict
-from vitkit.checkpoints.io import atomic_path, write_atomic_text
+from vitkit.checkpoints.io import atomic_path, publish, write_atomic_text
 from vitkit.checkpoints.save import save_hf
 from vitkit.models.vit import VisionTransformer
 from vitkit.tasks import distributed
@@ -355,7 +354,7 @@ class Trainer:
                         "scaler": self.scaler.state_dict() if self.scaler else None,
                         "ema": self.ema.state_dict() if self.ema else None, "state": vars(self.state).copy(),
                         "rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "labels": self.labels}, tmp)
-            os.replace(tmp, target)
+            publish(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)  # as write_atomic_bytes: no stray temporary file when saving fails
 
