@@ -1,6 +1,6 @@
 """`vitkit serve`: the flags reach the engine, the app and uvicorn; a missing or mismatched index is a clear
-error (exit 2) before anything listens. uvicorn.run is replaced by a stub that keeps the app, which is then
-exercised with TestClient.
+error (exit 2) before anything listens. The server runner (vitkit.service.connections.run, uvicorn) is
+replaced by a stub that keeps the app, which is then exercised with TestClient.
 
 Run:  .venv/bin/python -m pytest tests/test_service_cli.py -q
 """
@@ -8,23 +8,24 @@ Run:  .venv/bin/python -m pytest tests/test_service_cli.py -q
 from __future__ import annotations
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from service_support import DIGITS, image_bytes, load_digits, write_images
 
 import vitkit.cli
 from vitkit.index import ImageIndex
+from vitkit.service import connections
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def serve(monkeypatch):
-    """Runs `vitkit serve ARGS` -> (exit code, what uvicorn.run was given)."""
+    """Runs `vitkit serve ARGS` -> (exit code, what the server runner was given)."""
     if "vitkit.service.cli" not in vitkit.cli.FEATURE_CLIS:
         monkeypatch.setattr(vitkit.cli, "FEATURE_CLIS", (*vitkit.cli.FEATURE_CLIS, "vitkit.service.cli"))
     ran = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.update(app=app, **options))
+    monkeypatch.setattr(connections, "run", lambda app, host, port, log_level: ran.update(
+        app=app, host=host, port=port, log_level=log_level))
 
     def run(*args: str) -> tuple[int, dict]:
         return vitkit.cli.main(["serve", *args]), ran

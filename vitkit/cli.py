@@ -293,7 +293,7 @@ def _cmd_classify(args) -> int:
     model = _load_for_batch(args)
     if args.output:  # a resumable job, merged into the file at the end
         def merge(chunks, tmp):
-            with open(tmp, "w", newline="") as out:
+            with open(tmp, "w", newline="", errors="surrogateescape") as out:  # names as their bytes
                 write_rows((row for chunk in chunks for row in chunk.rows), args.format, out, args.top_k)
 
         settings = _job_settings(args, model, task="classify", top_k=args.top_k, format=args.format)

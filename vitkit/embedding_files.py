@@ -12,6 +12,7 @@ Try it:  python -c "from vitkit.embedding_files import read_embeddings; print(re
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from math import prod
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vitkit.checkpoints.io import atomic_path, publish
+from vitkit.output import json_text
 from vitkit.tasks.job import Chunk
 
 SUFFIXES = (".npy", ".safetensors", ".parquet")
@@ -59,7 +61,7 @@ def write_embeddings(chunks: Iterator[Chunk], tmp: Path, final: Path, count: int
         for chunk in chunks:
             rows += chunk.rows
             arrays.append(chunk.arrays["embeddings"])
-        metadata = {"paths": json.dumps([r["path"] for r in rows]), "errors": json.dumps([r["error"] for r in rows]),
+        metadata = {"paths": json_text([r["path"] for r in rows]), "errors": json_text([r["error"] for r in rows]),
                     "settings": json.dumps(settings)}
         save_file({"embeddings": torch.cat(arrays).contiguous()}, tmp, metadata=metadata)
     else:
@@ -78,7 +80,7 @@ def _write_npy(chunks, tmp: Path, final: Path, count: int, shape: tuple[int, ...
                 array[start:start + len(block)] = block
                 start += len(block)
                 for row in chunk.rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    fh.write(json_text(row) + "\n")
         array.flush()
         del array
         publish(rows_tmp, rows_path(final))
@@ -97,9 +99,14 @@ def _write_parquet(chunks, tmp: Path, shape: tuple[int, ...], settings: dict) ->
         for chunk in chunks:
             flat = chunk.arrays["embeddings"].reshape(len(chunk.rows), -1).numpy()  # (n, prod(shape))
             writer.write_table(pa.table({
-                "path": [r["path"] for r in chunk.rows], "error": [r["error"] for r in chunk.rows],
+                "path": [_utf8(r["path"]) for r in chunk.rows], "error": [r["error"] for r in chunk.rows],
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), prod(shape)),
             }, schema=schema))
+
+
+def _utf8(path: str) -> str:
+    """Parquet strings are UTF-8: a name that is not shows its other bytes as \\xHH."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def read_embeddings(path: str | Path) -> tuple[np.ndarray, list[dict], dict]:

@@ -8,9 +8,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable
 
 FORMATS = ("table", "jsonl", "csv")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(obj) -> str:
+    """JSON with non-ASCII text as it is, except lone surrogates (the bytes of a file name that is not UTF-8,
+    as Python holds them) written as \\udcXX escapes: valid UTF-8 JSON that json.loads turns back into the
+    same name."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False))
 
 
 def _table_line(row: dict) -> str:
@@ -33,7 +42,7 @@ def write_rows(rows: Iterable[dict], fmt: str, out: io.TextIOBase, top_k: int) -
         count += 1
         errors += row["error"] is not None
         if fmt == "jsonl":
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.write(json_text(row) + "\n")
         elif fmt == "csv":
             cells = [c for p in row["top_k"] for c in (p["index"], p["label"], f"{p['score']:.6f}")]
             cells += [""] * (3 * top_k - len(cells))

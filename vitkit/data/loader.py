@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from vitkit.config import PreprocessSpec
 from vitkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from vitkit.data.transforms import preprocess
+from vitkit.data.workers import die_with_parent, worker_context
 
 
 @dataclass
@@ -63,6 +64,7 @@ def iter_batches(paths: list[str], spec: PreprocessSpec, batch_size: int = 16, w
         plan = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
     dataset = ImageFiles(paths, spec, max_pixels, draft)
     loader = DataLoader(dataset, batch_sampler=plan, num_workers=workers, collate_fn=_collate,
-                        pin_memory=pin_memory, prefetch_factor=4 if workers else None,
-                        multiprocessing_context=start_method if workers else None)
+                        worker_init_fn=die_with_parent, pin_memory=pin_memory,
+                        prefetch_factor=4 if workers else None,
+                        multiprocessing_context=worker_context(start_method) if workers else None)
     yield from loader

@@ -35,6 +35,15 @@ class Scan:
         return "skipped: " + ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
 
 
+def is_utf8(path: str) -> bool:
+    """False for a file name holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 

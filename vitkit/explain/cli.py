@@ -9,7 +9,6 @@ Try it:  vitkit explain ../shared/images/imagenet-sample-100/n01440764_tench.JPE
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections import Counter
@@ -21,6 +20,7 @@ from vitkit.explain.maps import HEAD_FUSIONS, METHODS, READOUTS
 from vitkit.explain.sheet import COLUMNS
 
 SHEET_NAME = re.compile(r"sheet-\d+")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def add_commands(sub, model_args, runtime_args) -> None:
@@ -51,12 +51,19 @@ def add_commands(sub, model_args, runtime_args) -> None:
 
 
 def png_names(paths: list[str]) -> list[str]:
-    """One PNG name per input: its stem, with its position added where two inputs share a stem or the stem
-    is a contact sheet's name."""
-    stems = [Path(p).stem for p in paths]
+    """One distinct PNG name per input: its stem (control characters, which a file name may hold, replaced
+    by "_"), with its position added where two inputs share a stem, where the stem is a contact sheet's
+    name, or where that name is already taken by another input's."""
+    stems = [CONTROL.sub("_", Path(p).stem) or "image" for p in paths]
     counts = Counter(stems)
-    return [f"{stem}-{i}.png" if counts[stem] > 1 or SHEET_NAME.fullmatch(stem) else f"{stem}.png"
-            for i, stem in enumerate(stems)]
+    names, taken = [], set()
+    for i, stem in enumerate(stems):
+        name = f"{stem}-{i}.png" if counts[stem] > 1 or SHEET_NAME.fullmatch(stem) else f"{stem}.png"
+        while name in taken:
+            name = f"{Path(name).stem}-{i}.png"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.explain.maps import MapSpec, require_attention_maps
     from vitkit.explain.overlay import render, save_png
     from vitkit.explain.sheet import write_sheets
+    from vitkit.output import json_text
     from vitkit.tasks.job import PROGRESS_MIN_INPUTS
 
     spec = MapSpec(args.method, args.layer, args.head, args.head_fusion, args.readout)
@@ -83,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     require_attention_maps(model.net)
     spec.check(model.config)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder for the PNGs")
     out.mkdir(parents=True, exist_ok=True)
     names = png_names(paths)
     rows: list[dict] = []
@@ -113,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         for _ in explained():  # writes the per-image PNGs and rows
             pass
-    write_atomic_text("".join(json.dumps(row) + "\n" for row in rows), out / "explain.jsonl")
+    write_atomic_text("".join(json_text(row) + "\n" for row in rows), out / "explain.jsonl")
     errors = sum(row["error"] is not None for row in rows)
     written = sum(row["png"] is not None for row in rows)
     print(f"wrote {written} PNGs{f' and {len(sheets)} contact sheet(s)' if sheets else ''} to {out} "

@@ -14,6 +14,7 @@ render(explain(m, [Image.new('RGB', (300, 200), 'teal')])[0]).save('/tmp/explain
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,8 @@ def render(explanation: Explanation, panel: int = PANEL) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     text_width = width - 2 * margin
     y = margin + size[1] + margin
-    draw.text((margin, y), fit(draw, explanation.source, font(15), text_width), fill=INK, font=font(15))
+    caption = re.sub(r"[\x00-\x1f\x7f]", "?", explanation.source)  # a file name may hold a newline
+    draw.text((margin, y), fit(draw, caption, font(15), text_width), fill=INK, font=font(15))
     y += line
     _colour_key(canvas, draw, (margin, y), explanation.caption, text_width)
     y += 2 * line

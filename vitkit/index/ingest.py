@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-from stat import S_ISREG
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 from tqdm import tqdm
 
 from vitkit.api import Model
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
-from vitkit.data.sources import expand_inputs
+from vitkit.data.sources import expand_inputs, is_utf8
 from vitkit.index.embedding import embed_files
 from vitkit.index.search import ANN_THRESHOLD, MIN_ANN_ROWS, build_ann
 from vitkit.index.store import FileEntry, FileRef, Row, Store
@@ -129,6 +129,10 @@ def scan(inputs: list[str], class_folders: bool, errors: list[tuple[str, str]]) 
                 continue
             if not S_ISREG(stat.st_mode):  # a FIFO would block the content hash forever
                 errors.append((path, "not a regular file"))
+                continue
+            if not is_utf8(path):  # the index's tables hold UTF-8 text
+                errors.append((os.fsencode(path).decode("utf-8", "backslashreplace"),
+                               "the file name is not UTF-8, which the index stores: rename the file"))
                 continue
             parts = Path(os.path.relpath(path, root)).parts if root else ()
             label = parts[0] if class_folders and len(parts) > 1 else None

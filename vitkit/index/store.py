@@ -23,12 +23,15 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 from filelock import FileLock, Timeout
+
+READ_CONSISTENCY = timedelta(seconds=2)
 
 TABLE = "images"
 WRITE_LOCK = "write.lock"
@@ -113,7 +116,8 @@ class Store:
         path = Path(path)
         if not (path / f"{TABLE}.lance").is_dir():
             raise FileNotFoundError(f"no image index at {path} (create one with `vitkit index add {path} ...`)")
-        return cls(path, lancedb.connect(path).open_table(TABLE))
+        # a server holding the index open sees what a later `index add` commits, within this interval
+        return cls(path, lancedb.connect(path, read_consistency_interval=READ_CONSISTENCY).open_table(TABLE))
 
     @contextmanager
     def writing(self) -> Iterator[None]:

@@ -48,9 +48,8 @@ def add_commands(sub, model_args, runtime_args) -> None:
 
 
 def _cmd_serve(args) -> int:
-    import uvicorn
-
     from vitkit.api import load
+    from vitkit.service import connections
     from vitkit.service.app import create_app
     from vitkit.service.engine import Engine
     from vitkit.service.routes import Limits
@@ -66,7 +65,7 @@ def _cmd_serve(args) -> int:
     if args.host not in LOOPBACK and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    connections.run(app, args.host, args.port, args.log_level)
     return 0
 
 

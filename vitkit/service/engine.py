@@ -37,6 +37,7 @@ from vitkit.data.transforms import preprocess
 from vitkit.index import INDEX_POOLS
 
 KINDS = ("classify", "embed")
+CLOSE_WAIT_S = 10.0  # at shutdown, how long to wait for the model to finish what is queued
 EMBED_POOLS = INDEX_POOLS  # the poolings that give one vector per image
 
 
@@ -69,7 +70,8 @@ class Engine:
     """A model behind a bounded queue, run in micro-batches by one worker thread (see the module doc)."""
 
     def __init__(self, model: Model, max_batch: int = 32, max_wait_ms: float = 10.0, queue_size: int = 256,
-                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, fast_decode: bool = False):
+                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, fast_decode: bool = False,
+                 stall_s: float = 120.0):
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0 or (threads is not None and threads < 1):
             raise ValueError(f"need max_batch >= 1, queue_size >= 1, max_wait_ms >= 0 and threads >= 1; got "
                              f"{max_batch}, {queue_size}, {max_wait_ms} and {threads}")
@@ -84,6 +86,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._warm = threading.Event()
         self._failure: BaseException | None = None
+        self.stall_s = stall_s  # a batch running longer than this: the engine is stuck, not ready
+        self._batch_started: float | None = None  # monotonic time the running batch began
 
     # -- caller side ----------------------------------------------------------------------------------
     def prepare(self, data: bytes) -> torch.Tensor:
@@ -102,6 +106,8 @@ class Engine:
         with self._lock:
             if not self._accepting:
                 raise EngineStopped("the model is not running (starting up or shutting down)")
+            if not self.ready:
+                raise EngineStopped(self.trouble())
             try:
                 self._queue.put_nowait(_Request(kind, option, pixels, future))
             except queue.Full:
@@ -114,8 +120,23 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Started, warmed up, accepting requests."""
-        return self._accepting and self._thread is not None and self._thread.is_alive()
+        """Started, warmed up, accepting requests, its worker alive and not stuck on a batch."""
+        return self._accepting and self._thread is not None and self._thread.is_alive() and not self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        started = self._batch_started
+        return started is not None and time.monotonic() - started > self.stall_s
+
+    def trouble(self) -> str:
+        """Why the engine is not ready, in words."""
+        if self._thread is None or not self._accepting:
+            return "the model is not running (starting up or shutting down)"
+        if not self._thread.is_alive():
+            return f"the model's worker thread has died ({self._failure or 'no error recorded'})"
+        if self.stalled:
+            return f"the model has been on one batch for more than {self.stall_s:g} s"
+        return "ready"
 
     # -- life cycle -----------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -139,8 +160,10 @@ class Engine:
             if not self._accepting:
                 return
             self._accepting = False
-        self._queue.put(None)  # after every accepted request; blocks while a full queue drains
-        self._thread.join()
+        if self._thread.is_alive() and not self.stalled:
+            self._queue.put(None)  # after every accepted request; blocks while a full queue drains
+        self._thread.join(timeout=CLOSE_WAIT_S)  # a stuck model is left behind (a daemon thread)
+        self._fail_queued(EngineStopped("the server is shutting down"))
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -160,9 +183,23 @@ class Engine:
         finally:
             self._warm.set()
         stop = False
-        while not stop:
-            batch, stop = self._gather()
-            self._run([r for r in batch if r.future.set_running_or_notify_cancel()])  # skip abandoned requests
+        try:
+            while not stop:
+                batch, stop = self._gather()
+                self._run([r for r in batch if r.future.set_running_or_notify_cancel()])  # skip abandoned ones
+        except BaseException as err:  # the worker cannot go on: fail what waits, fast, instead of timing out
+            self._failure = err
+            self._fail_queued(EngineStopped(f"the model's worker thread has died: {err}"))
+            raise
+
+    def _fail_queued(self, error: Exception) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(error)
 
     def _gather(self) -> tuple[list[_Request], bool]:
         """Wait for a first request, then take more until max_batch or max_wait; -> (batch, stop seen)."""
@@ -186,6 +223,7 @@ class Engine:
         if not batch:
             return
         start = time.perf_counter()
+        self._batch_started = time.monotonic()
         groups: dict[tuple[str, str | None], list[_Request]] = {}
         for r in batch:  # one model call for all classifications, one per pooling for embeddings
             groups.setdefault((r.kind, r.option if r.kind == "embed" else None), []).append(r)
@@ -201,13 +239,22 @@ class Engine:
                 continue
             for r, result in zip(group, results):
                 r.future.set_result(result)
+        self._batch_started = None
         seconds = time.perf_counter() - start
         for observe in self.observers:
             observe(len(batch), seconds)
 
     def _classify(self, pixels: torch.Tensor, group: list[_Request]) -> list:
-        rows = self.model.top_k(self.model(pixels), max(r.option for r in group))  # sorted, so a prefix is top-k
+        logits = _finite(self.model(pixels))
+        rows = self.model.top_k(logits, max(r.option for r in group))  # sorted, so a prefix is top-k
         return [row[:r.option] for row, r in zip(rows, group)]
 
     def _embed(self, pixels: torch.Tensor, pool: str) -> list:
-        return list(self.model.embed_pixels(pixels, pool).numpy())  # B x (D,)
+        return list(_finite(self.model.embed_pixels(pixels, pool)).numpy())  # B x (D,)
+
+
+def _finite(values: torch.Tensor) -> torch.Tensor:
+    """The model's outputs, or an error when any is NaN or infinite (no score can be made of them)."""
+    if not torch.isfinite(values).all():
+        raise ValueError("the model produced non-finite outputs (NaN or infinity)")
+    return values

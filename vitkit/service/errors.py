@@ -1,11 +1,13 @@
 """Every error the service answers, each with its own HTTP status and a plain-words message, as JSON
-{"detail": "...", "errors": [...] for validation errors}. Routes raise these for the cases they know;
-nothing here turns an unexpected exception into a response.
+{"detail": "...", "errors": [...] for validation errors}. Routes raise these for the cases they know; an
+unexpected exception is a JSON 500 too (logged with its traceback), never a text page.
 
 Try it:  python -m pytest tests/test_service_api.py -q -k error
 """
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -92,6 +94,11 @@ def install(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logging.getLogger("vitkit.service").error("unexpected error", exc_info=exc)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+
+    app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)

@@ -110,6 +110,8 @@ async def _infer(service: Service, kind: str, pixels: torch.Tensor, option: int 
                             ) from None
     except ModelFailure as err:
         raise ModelError(str(err)) from err
+    except EngineStopped as err:  # the worker died while this request waited
+        raise Busy(f"{err}: retry shortly") from None
 
 
 def _index(service: Service):

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from vitkit.checkpoints.io import atomic_path, publish
 from vitkit.data.loader import Batch, iter_batches
+from vitkit.output import json_text
 from vitkit.tasks import distributed
 
 PROGRESS_MIN_INPUTS = 32  # short runs finish before a bar would help
@@ -62,7 +63,7 @@ class Job:
         self.output = Path(output)
         self.chunk_size = chunk_size
         self.parts = self.output.with_name(self.output.name + ".parts")
-        digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+        digest = hashlib.sha256("\0".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
         self.fingerprint = {"inputs": digest, "count": len(paths), "chunk_size": chunk_size, **settings}
 
     @property
@@ -107,7 +108,7 @@ class Job:
         tmp = atomic_path(self._part(chunk))
         try:
             tensors = {k: v.contiguous() for k, v in result.arrays.items()}
-            save_file(tensors, tmp, metadata={"rows": json.dumps(result.rows, ensure_ascii=False)})
+            save_file(tensors, tmp, metadata={"rows": json_text(result.rows)})
             publish(tmp, self._part(chunk))
         finally:
             tmp.unlink(missing_ok=True)

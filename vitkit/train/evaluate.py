@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from vitkit.data.workers import die_with_parent
 from vitkit.models.vit import VisionTransformer
 from vitkit.train.datasets import LabelledImages
 
@@ -33,7 +34,8 @@ def evaluate(net: VisionTransformer, dataset: LabelledImages, labels: list[str],
     num_classes = len(labels)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # (true, predicted)
     loss_sum, top5_hits, count = 0.0, 0, 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        worker_init_fn=die_with_parent)
     for pixels, targets in loader:
         with autocast(device.type, amp):
             logits = net(pixels.to(device)).float().cpu()

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from vitkit.checkpoints.io import write_tensors
 from vitkit.data.decode import ImageDecodeError
+from vitkit.data.workers import die_with_parent
 from vitkit.models.vit import VisionTransformer
 from vitkit.tasks.job import PROGRESS_MIN_INPUTS, Chunk, Job, concat_chunks
 from vitkit.train.datasets import Item, LabelledImages
@@ -115,7 +116,7 @@ class FeatureExtractor:
         todo = sum(len(p) for p in plan)
         loader = DataLoader(_Views(images), batch_sampler=[p[i:i + self.batch_size] for p in plan
                                                            for i in range(0, len(p), self.batch_size)],
-                            num_workers=self.workers, collate_fn=_collate)
+                            num_workers=self.workers, collate_fn=_collate, worker_init_fn=die_with_parent)
         pending: dict[int, list[Chunk]] = {}
         show = self.progress and todo >= PROGRESS_MIN_INPUTS
         with tqdm(total=todo, unit="img", desc=f"features: {what}", disable=not show, file=sys.stderr,

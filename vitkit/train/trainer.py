@@ -36,6 +36,7 @@ from vitkit.api import load as load_model, resolve_device
 from vitkit.checkpoints.convert import load_strict
 from vitkit.checkpoints.io import atomic_path, publish, write_atomic_text
 from vitkit.checkpoints.save import save_hf
+from vitkit.data.workers import die_with_parent
 from vitkit.models.vit import VisionTransformer
 from vitkit.tasks import distributed
 from vitkit.train.augment import eval_transform, mixup_cutmix, train_transform
@@ -264,6 +265,7 @@ class Trainer:
         self.train_set.set_epoch(state.epoch)
         # its own generator: creating the iterator must not draw from the global RNG (drop path uses it)
         loader = DataLoader(self.train_set, batch_sampler=self._batches(state.epoch), num_workers=cfg.workers,
+                            worker_init_fn=die_with_parent,
                             pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch))
         self.model.train()
