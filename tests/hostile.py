@@ -148,7 +148,23 @@ def non_utf8_name(folder: Path, seed: int = 1) -> Path:
 def deep_folders(root: Path, depth: int = 1100) -> Path:
     """root/d/d/.../d/deep.png, `depth` folders down (deeper than Python's recursion limit)."""
     folder = root
-    for _ in range(depth):
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(depth):  # one level at a time: Path.mkdir(parents=True) recurses
         folder = folder / "d"
-    folder.mkdir(parents=True)
+        os.mkdir(folder)
     return photo(folder / "deep.png")
+
+
+def remove_tree(root: Path) -> None:
+    """Delete a folder tree of any depth (shutil.rmtree recurses, and fails past ~1000 levels)."""
+    stack, folders = [str(root)], []
+    while stack:
+        folder = stack.pop()
+        folders.append(folder)
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            else:
+                os.unlink(entry.path)
+    for folder in reversed(folders):
+        os.rmdir(folder)

@@ -24,8 +24,8 @@ def serve(monkeypatch):
     if "vitkit.service.cli" not in vitkit.cli.FEATURE_CLIS:
         monkeypatch.setattr(vitkit.cli, "FEATURE_CLIS", (*vitkit.cli.FEATURE_CLIS, "vitkit.service.cli"))
     ran = {}
-    monkeypatch.setattr(connections, "run", lambda app, host, port, log_level: ran.update(
-        app=app, host=host, port=port, log_level=log_level))
+    monkeypatch.setattr(connections, "run", lambda app, host, port, log_level, header_timeout_s: ran.update(
+        app=app, host=host, port=port, log_level=log_level, header_timeout_s=header_timeout_s))
 
     def run(*args: str) -> tuple[int, dict]:
         return vitkit.cli.main(["serve", *args]), ran

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from vitkit.checkpoints import hub
 from vitkit.checkpoints.hf_config import config_from_hf, spec_from_hf
@@ -156,8 +156,11 @@ def _spec_from_timm(pretrained_cfg: dict, arch: str) -> PreprocessSpec:
 def _vitkit_metadata(path: Path) -> dict[str, str]:
     if not path.name.endswith(".safetensors"):
         return {}
-    with safe_open(path, framework="pt") as fh:
-        return fh.metadata() or {}
+    try:
+        with safe_open(path, framework="pt") as fh:
+            return fh.metadata() or {}
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
 
 
 def load_file(path: Path, arch: str | None = None, spec: PreprocessSpec | None = None,

@@ -37,6 +37,8 @@ def add_commands(sub, model_args, runtime_args) -> None:
     serve.add_argument("--max-upload-mb", type=A.float_in(0.0, 4096.0, low_open=True), default=20.0, help="largest request body")
     serve.add_argument("--max-pixels", type=A.PIXELS, default=DEFAULT_MAX_PIXELS,
                        help="refuse larger images (decompression-bomb guard)")
+    serve.add_argument("--header-timeout", type=A.SECONDS, default=10.0,
+                       help="seconds a client has to send each request's headers (slow clients are dropped)")
     serve.add_argument("--decode-concurrency", type=A.int_in(1, 1024), default=4, help="uploads decoded at once")
     serve.add_argument("--fast-decode", action="store_true", help="JPEG reduce-on-decode: faster on large photos")
     serve.add_argument("--api-key", default=os.environ.get("VITKIT_API_KEY"),
@@ -65,7 +67,7 @@ def _cmd_serve(args) -> int:
     if args.host not in LOOPBACK and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)
-    connections.run(app, args.host, args.port, args.log_level)
+    connections.run(app, args.host, args.port, args.log_level, args.header_timeout)
     return 0
 
 

@@ -1,7 +1,9 @@
 """Connection limits under uvicorn: a client must finish each request's headers within `HEADER_TIMEOUT_S`
 (of connecting, or of the previous response) or be disconnected, and at most `max_connections()` connections
-are open at once (the rest are closed as they arrive), so half-open connections cannot pile up until the
-process runs out of file descriptors. `run` serves an app with them; SIGTERM and Ctrl-C stop it.
+are open at once: past that, the connection that has waited longest for its headers is dropped to make
+room (a new one is refused only when every open connection is busy), so half-open connections can neither
+pile up until the process runs out of file descriptors nor lock real clients out. `run` serves an app with
+them; SIGTERM and Ctrl-C stop it.
 
 Try it:  python -m pytest tests/test_service_hostile.py -q
 """
@@ -32,14 +34,23 @@ class GuardedH11(H11Protocol):
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
         if len(self.connections) > max_connections():
-            transport.close()
-            return
+            waiting = [c for c in self.connections if isinstance(c, GuardedH11) and c is not self and c.waiting]
+            if not waiting:
+                transport.close()
+                return
+            min(waiting, key=lambda c: c._armed_at).transport.close()
         self._arm()
+
+    @property
+    def waiting(self) -> bool:
+        """Connected, with no request's headers complete since it was armed."""
+        return self._deadline is not None and self.cycle is self._waiting_cycle
 
     def _arm(self) -> None:
         """Wait for the headers of the next request: the request cycle now is the one they must replace."""
         self._cancel()
         self._waiting_cycle = self.cycle
+        self._armed_at = self.loop.time()
         self._deadline = self.loop.call_later(self.header_timeout_s, self._headers_late)
 
     def _cancel(self) -> None:
@@ -66,9 +77,10 @@ class GuardedH11(H11Protocol):
         super().connection_lost(exc)
 
 
-def run(app, host: str, port: int, log_level: str = "info") -> None:
+def run(app, host: str, port: int, log_level: str = "info", header_timeout_s: float = HEADER_TIMEOUT_S) -> None:
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=GuardedH11,
+    protocol = type("GuardedH11", (GuardedH11,), {"header_timeout_s": header_timeout_s})
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
                             timeout_keep_alive=5, timeout_graceful_shutdown=10)
     uvicorn.Server(config).run()

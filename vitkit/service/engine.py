@@ -21,6 +21,7 @@ Try it:  python -m pytest tests/test_service_engine.py -q
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -182,15 +183,20 @@ class Engine:
             return
         finally:
             self._warm.set()
-        stop = False
+        stop, batch = False, []
         try:
             while not stop:
                 batch, stop = self._gather()
-                self._run([r for r in batch if r.future.set_running_or_notify_cancel()])  # skip abandoned ones
+                batch = [r for r in batch if r.future.set_running_or_notify_cancel()]  # skip abandoned ones
+                self._run(batch)
         except BaseException as err:  # the worker cannot go on: fail what waits, fast, instead of timing out
             self._failure = err
-            self._fail_queued(EngineStopped(f"the model's worker thread has died: {err}"))
-            raise
+            died = EngineStopped(f"the model's worker thread has died: {err}")
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(died)
+            self._fail_queued(died)
+            logging.getLogger("vitkit.service").error("the engine's worker thread died", exc_info=err)
 
     def _fail_queued(self, error: Exception) -> None:
         while True:
