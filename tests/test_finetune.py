@@ -308,8 +308,9 @@ def test_ema_weights_are_the_ones_saved(images, base, tmp_path):
     ema, raw, saved = last_weights(out, "ema"), last_weights(out, "model"), saved_weights(out)
     assert max_diff(saved, ema) == 0.0, "model.safetensors must hold the EMA weights"
     assert max_diff(saved, raw) > 1e-4, "... which are not the raw weights"
-    code, _, err = run_cli(finetune_args(images, base, tmp_path / "bad", "--ema", "1.5"))
-    assert code == 2 and "EMA decay must be in (0, 1)" in err
+    with pytest.raises(SystemExit) as refused, contextlib.redirect_stderr(io.StringIO()) as err:
+        cli([str(a) for a in finetune_args(images, base, tmp_path / "bad", "--ema", "1.5")])
+    assert refused.value.code == 2 and "argument --ema: 1.5 is outside (0.0, 1.0]" in err.getvalue()
 
 
 def test_mixup_and_cutmix_train_on_mixed_batches(images, base, plain, tmp_path, monkeypatch):

@@ -362,3 +362,32 @@ def test_written_model_files_have_the_usual_permissions(tmp_path):
     for name in ("model.safetensors", "config.json"):
         assert stat.S_IMODE((tmp_path / "hf" / name).stat().st_mode) == 0o666 & ~umask, name
     Image.open(hostile.photo(tmp_path / "x.png"))  # the helpers still make ordinary files
+
+
+@pytest.mark.parametrize("extra", [["--decode-concurrency", "0"], ["--timeout", "-1"], ["--max-upload-mb", "-1"],
+                                   ["--port", "70000"], ["--header-timeout", "0"]])
+def test_bad_service_settings_are_refused_at_start(tmp_path, extra):
+    result = run_measured(["serve", *MODEL, *extra], tmp_path)
+    assert result["rc"] == 2 and f"argument {extra[0]}" in result["stderr"] and "Traceback" not in result["stderr"]
+
+
+def test_a_second_first_time_index_add_is_one_line_and_a_reader_sees_later_commits(tmp_path):
+    from vitkit.index import ImageIndex
+    from vitkit.index.store import WRITE_LOCK
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    first = hostile.photo(folder / "a.png", size=(64, 64))
+    db = tmp_path / "db"
+    db.mkdir()
+    digits = ["--model", Path(__file__).resolve().parents[1] / "vitkit" / "assets" / "digits-vit"]  # fixed weights
+    with FileLock(db / WRITE_LOCK, timeout=0):  # another `index add` is creating this index right now
+        racing = run_measured(["index", "add", db, folder, *digits, "--workers", "0"], tmp_path)
+    assert racing["rc"] == 2 and "another process is writing" in one_line_error(racing)
+    assert run_measured(["index", "add", db, first, *digits, "--workers", "0"], tmp_path)["rc"] == 0
+    reader = ImageIndex.open(db)  # e.g. `vitkit serve --index db`, started now
+    assert reader.info["count"] == 1
+    hostile.photo(folder / "b.png", size=(64, 64), seed=9)
+    assert run_measured(["index", "add", db, folder, *digits, "--workers", "0"], tmp_path)["rc"] == 0
+    time.sleep(2.5)  # the store's read-consistency interval
+    assert reader.info["count"] == 2, "a served index sees what a later `index add` committed"

@@ -106,10 +106,14 @@ class Store:
 
     @classmethod
     def create(cls, path: str | Path, meta: IndexMeta) -> Store:
+        """A new, empty index; two processes creating the same one at once: the second gets a clear error."""
         path = Path(path)
-        if (path / f"{TABLE}.lance").is_dir():
-            raise FileExistsError(f"{path} already holds an index: open it, or choose another folder")
-        return cls(path, lancedb.connect(path).create_table(TABLE, schema=table_schema(meta)))
+        path.mkdir(parents=True, exist_ok=True)
+        with _writer_lock(path):
+            if (path / f"{TABLE}.lance").is_dir():
+                raise FileExistsError(f"{path} already holds an index: open it, or choose another folder")
+            connection = lancedb.connect(path, read_consistency_interval=READ_CONSISTENCY)
+            return cls(path, connection.create_table(TABLE, schema=table_schema(meta)))
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -119,19 +123,9 @@ class Store:
         # a server holding the index open sees what a later `index add` commits, within this interval
         return cls(path, lancedb.connect(path, read_consistency_interval=READ_CONSISTENCY).open_table(TABLE))
 
-    @contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self):
         """Hold the DB's writer lock for the block; another writer gets a clear error at once instead of waiting."""
-        lock = FileLock(self.path / WRITE_LOCK, timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise RuntimeError(f"another process is writing to the index {self.path} (`vitkit index add` or "
-                               f"`remove`); wait for it to finish, then run this again") from None
-        try:
-            yield
-        finally:
-            lock.release()
+        return _writer_lock(self.path)
 
     def count(self) -> int:
         return self.table.count_rows()
@@ -236,3 +230,17 @@ def vectors_from_arrow(column, dim: int) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)  # (n * D,) -> (n, D)
+
+
+@contextmanager
+def _writer_lock(path: Path) -> Iterator[None]:
+    lock = FileLock(path / WRITE_LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RuntimeError(f"another process is writing to the index {path} (`vitkit index add` or `remove`); "
+                           "wait for it to finish, then run this again") from None
+    try:
+        yield
+    finally:
+        lock.release()
