@@ -15,6 +15,7 @@ from PIL import Image
 
 import vitkit
 from vitkit.cli import main as cli
+from vitkit.batch.job import Loader
 from vitkit.tasks.classify import classify_paths
 
 ARCH = "vit_tiny_patch16_224"
@@ -63,7 +64,7 @@ def model():
 
 def test_bad_files_get_errors_and_the_rest_is_classified(mixed_folder, model):
     paths = sorted(str(p) for p in mixed_folder.iterdir())
-    rows = list(classify_paths(model, paths, top_k=3, batch_size=4, workers=0, progress=False))
+    rows = list(classify_paths(model, paths, top_k=3, loader=Loader(batch_size=4, workers=0, progress=False)))
     assert [r["path"] for r in rows] == paths  # one row per input, input order
     for row in rows:
         name = row["path"].rsplit("/", 1)[-1]
@@ -79,8 +80,8 @@ def test_bad_files_get_errors_and_the_rest_is_classified(mixed_folder, model):
 
 def test_worker_processes_give_the_same_rows(mixed_folder, model):
     paths = sorted(str(p) for p in mixed_folder.iterdir())
-    inline = list(classify_paths(model, paths, batch_size=3, workers=0, progress=False))
-    workers = list(classify_paths(model, paths, batch_size=3, workers=2, progress=False))
+    inline = list(classify_paths(model, paths, loader=Loader(batch_size=3, workers=0, progress=False)))
+    workers = list(classify_paths(model, paths, loader=Loader(batch_size=3, workers=2, progress=False)))
     assert inline == workers
 
 

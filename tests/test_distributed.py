@@ -23,7 +23,7 @@ from PIL import Image
 import vitkit
 from vitkit.cli import main as cli
 from vitkit.embedding_files import read_embeddings
-from vitkit.tasks import job as job_module
+from vitkit.batch import job as job_module
 
 from conftest import torchrun
 

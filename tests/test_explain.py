@@ -31,7 +31,7 @@ from conftest import SHARED
 from vitkit.config import PreprocessSpec
 from vitkit.data.transforms import preprocess
 from vitkit.explain import Explanation, Failed, MapSpec, explain, patch_map, rollout, seen_image
-from vitkit.explain.cli import png_names
+from vitkit.explain.files import png_names
 from vitkit.explain.maps import require_attention_maps, upsample
 from vitkit.explain.overlay import BACKGROUND, TURBO, blend, colorize, render
 from vitkit.explain.sheet import CAPTION, ERROR_FILL, GAP, write_sheets

@@ -322,13 +322,13 @@ def test_a_closed_pipe_is_quiet(tmp_path):
 def test_a_full_disk_or_a_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys, error):
     """Writing the output fails as a full disk, a folder without write permission or a read-only file system
     make it fail (simulated: the tests run as root, who may write anywhere)."""
-    import vitkit.tasks.job
+    import vitkit.batch.job
     from vitkit.cli import main
 
     def refuse(target):
         raise OSError(error, os.strerror(error), str(target))
 
-    monkeypatch.setattr(vitkit.tasks.job, "atomic_path", refuse)
+    monkeypatch.setattr(vitkit.batch.job, "atomic_path", refuse)
     code = main(["classify", str(hostile.photo(tmp_path / "a.png")), *MODEL, "--workers", "0", "--no-progress",
                  "-o", str(tmp_path / "out.jsonl")])
     err = capsys.readouterr().err

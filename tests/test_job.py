@@ -1,4 +1,4 @@
-"""Resumable jobs (vitkit/tasks/job.py) through the CLI, over 2,000 small images of which 37 are corrupt:
+"""Resumable jobs (vitkit/batch/job.py) through the CLI, over 2,000 small images of which 37 are corrupt:
 
 - `embed` and `classify --output`: exactly one row per input, in input (sorted path) order, an error on each
   corrupt input and only there, NaN embedding rows exactly for those, the rest equal to `Model.embed`;
@@ -32,7 +32,7 @@ from safetensors import safe_open
 import vitkit
 from vitkit.cli import main as cli
 from vitkit.embedding_files import read_embeddings
-from vitkit.tasks import job as job_module
+from vitkit.batch import job as job_module
 
 from conftest import sigkill_when
 

@@ -71,6 +71,13 @@ class Model:
         return self.net.config
 
     @property
+    def source_id(self) -> str:
+        """The model's source, as an absolute path when it is a local file or folder: what identifies it in
+        a job's settings or an index."""
+        source = str(self.source)
+        return str(Path(source).resolve()) if Path(source).exists() else source
+
+    @property
     def labels(self) -> tuple[str, ...]:
         return self.net.config.labels
 

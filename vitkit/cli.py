@@ -11,8 +11,6 @@ import json
 import os
 import sys
 
-from pathlib import Path
-
 from vitkit import arguments as A
 from vitkit.api import POOLS
 from vitkit.checkpoints.io import CheckpointError
@@ -202,14 +200,11 @@ def _int_list(text: str) -> list[int]:
 def _load_for_batch(args):
     """The model for a batch command, on this rank's device when started by torchrun."""
     from vitkit.api import load
-    from vitkit.tasks import distributed
+    from vitkit.batch import distributed
+    from vitkit.batch.job import check_output
 
-    _check_output(getattr(args, "output", None))
     device = distributed.init_from_env(args.device) or args.device
-    if distributed.rank_and_world()[1] > 1 and not getattr(args, "output", None):
-        raise ValueError("under torchrun, give --output: each rank writes its part and rank 0 merges them")
-    if args.chunk_size % args.batch_size:
-        raise ValueError(f"--chunk-size {args.chunk_size} must be a multiple of --batch-size {args.batch_size}")
+    check_output(getattr(args, "output", None), args.chunk_size, args.batch_size)
     model = load(args.model, args.arch, image_size=args.image_size, device=device, backend=args.backend,
                  dtype=args.dtype)
     if args.model is None:
@@ -217,9 +212,10 @@ def _load_for_batch(args):
     return model
 
 
-def _job_settings(args, model, **task) -> dict:
-    source = str(Path(args.model).resolve()) if args.model and Path(args.model).exists() else model.source
-    return {"model": source, "arch": args.arch, "input_size": model.spec.input_size, **task}
+def _loader(args):
+    from vitkit.batch.job import Loader
+
+    return Loader(args.batch_size, args.workers, args.max_pixels, args.fast_decode, not args.no_progress)
 
 
 def _inputs(args) -> list[str]:
@@ -233,35 +229,12 @@ def _inputs(args) -> list[str]:
     return scan.paths
 
 
-def _run_job(args, model, settings: dict, process, merge) -> int:
-    from vitkit.tasks import job
-
-    work = job.Job(_inputs(args), args.output, settings, args.chunk_size)
-    stats = job.run(work, model.spec, process, args.batch_size, args.workers, args.max_pixels, args.fast_decode,
-                    pin_memory=model.device.type == "cuda", progress=not args.no_progress)
-    if job.finish(work, merge):
-        print(f"wrote {args.output}: {stats.total} rows ({stats.already_done} from an earlier run, "
-              f"{stats.processed} now, {stats.errors} unreadable)", file=sys.stderr)
-    return _exit_code(stats.processed, stats.errors)
-
-
 def _exit_code(count: int, errors: int) -> int:
     """1 when every input of the run failed (nothing useful came out), else 0."""
     if count and errors == count:
         print(f"every input failed ({errors} of {count}): see their error fields", file=sys.stderr)
         return 1
     return 0
-
-
-def _check_output(path: str | None) -> None:
-    """An output file that cannot be written is an error before any work, not after it."""
-    if path is None:
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise ValueError(f"--output {path} is a folder: give a file name")
-    if target.parent.exists() and not target.parent.is_dir():
-        raise ValueError(f"--output {path}: {target.parent} is not a folder")
 
 
 def _cmd_models(args) -> int:
@@ -288,18 +261,14 @@ def _cmd_models(args) -> int:
 
 def _cmd_classify(args) -> int:
     from vitkit.output import write_rows
-    from vitkit.tasks.classify import classify_fn, classify_paths
+    from vitkit.tasks.classify import classify_paths, classify_to_file
 
     model = _load_for_batch(args)
     if args.output:  # a resumable job, merged into the file at the end
-        def merge(chunks, tmp):
-            with open(tmp, "w", newline="", errors="surrogateescape") as out:  # names as their bytes
-                write_rows((row for chunk in chunks for row in chunk.rows), args.format, out, args.top_k)
-
-        settings = _job_settings(args, model, task="classify", top_k=args.top_k, format=args.format)
-        return _run_job(args, model, settings, classify_fn(model, args.top_k), merge)
-    rows = classify_paths(model, _inputs(args), args.top_k, args.batch_size, args.workers,
-                          args.max_pixels, args.fast_decode, progress=not args.no_progress)
+        stats = classify_to_file(model, _inputs(args), args.output, args.top_k, args.format, args.chunk_size,
+                                 _loader(args), args.arch)
+        return _exit_code(stats.processed, stats.errors)
+    rows = classify_paths(model, _inputs(args), args.top_k, _loader(args))
     count, errors = write_rows(rows, args.format, sys.stdout, args.top_k)
     if errors and errors < count:
         print(f"{errors} of {count} inputs could not be classified (see their error field)", file=sys.stderr)
@@ -307,24 +276,14 @@ def _cmd_classify(args) -> int:
 
 
 def _cmd_embed(args) -> int:
-    from vitkit.embedding_files import check_suffix, write_embeddings
-    from vitkit.tasks.embed import embed_fn
+    from vitkit.embedding_files import check_suffix
+    from vitkit.tasks.embed import embed_to_file
 
     check_suffix(args.output)
     model = _load_for_batch(args)
-    depth = model.config.depth
-    if args.layers and any(not -depth <= i < depth for i in args.layers):
-        raise ValueError(f"--layers {','.join(map(str, args.layers))}: {model.source} has {depth} blocks "
-                         f"(indices {-depth}..{depth - 1})")
-    pool = args.pool or model.default_pool
-    shape = model.embedding_shape(pool, args.layers)
-    settings = _job_settings(args, model, task="embed", pool=pool, layers=args.layers, normalize=args.normalize)
-    count = len(_inputs(args))
-
-    def merge(chunks, tmp):
-        write_embeddings(chunks, tmp, Path(args.output), count, shape, settings)
-
-    return _run_job(args, model, settings, embed_fn(model, pool, args.layers, args.normalize), merge)
+    stats = embed_to_file(model, _inputs(args), args.output, args.pool, args.layers, args.normalize, args.chunk_size,
+                          _loader(args), args.arch)
+    return _exit_code(stats.processed, stats.errors)
 
 
 def _cmd_bench(args) -> int:
@@ -460,6 +419,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted (a job with --output resumes where it stopped when run again)", file=sys.stderr)
         return 130
     finally:
-        from vitkit.tasks import distributed
+        from vitkit.batch import distributed
 
         distributed.shutdown()

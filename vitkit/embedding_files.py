@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from vitkit.checkpoints.io import atomic_path, publish
 from vitkit.output import json_text
-from vitkit.tasks.job import Chunk
+from vitkit.batch.map import Chunk
 
 SUFFIXES = (".npy", ".safetensors", ".parquet")
 

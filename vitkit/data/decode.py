@@ -71,6 +71,18 @@ def decode_image(
         return _decode_stream(stream, max_pixels, draft_size)
 
 
+def read_error(err: BaseException) -> str:
+    """The one-line reason an input could not be used, for its error row: the decoder's own words, or what
+    the file system said."""
+    if isinstance(err, ImageDecodeError):
+        return str(err)
+    if isinstance(err, FileNotFoundError):
+        return "no such file"
+    if isinstance(err, OSError):
+        return f"cannot read file: {err.strerror or err}"
+    return f"cannot process image: {type(err).__name__}: {err}"
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. High-bit-depth and float greys are rescaled, not clipped."""
     if image.mode in HIGH_DEPTH_MODES:

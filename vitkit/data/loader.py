@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vitkit.config import PreprocessSpec
-from vitkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from vitkit.data.decode import DEFAULT_MAX_PIXELS, decode_image, read_error
 from vitkit.data.transforms import preprocess
 from vitkit.data.workers import die_with_parent, worker_context
 
@@ -37,14 +37,8 @@ class ImageFiles(Dataset):
             draft_size = self.spec.resize if self.draft else None
             image = decode_image(self.paths[index], max_pixels=self.max_pixels, draft_size=draft_size)
             return index, preprocess(image, self.spec), None
-        except ImageDecodeError as err:
-            return index, None, str(err)
-        except FileNotFoundError:
-            return index, None, "no such file"
-        except (IsADirectoryError, PermissionError, OSError) as err:
-            return index, None, f"cannot read file: {err.strerror or err}"
         except Exception as err:  # noqa: BLE001 - one file's failure, whatever it is, is that file's row
-            return index, None, f"cannot process image: {type(err).__name__}: {err}"
+            return index, None, read_error(err)
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:

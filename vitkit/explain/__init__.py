@@ -1,5 +1,6 @@
 """Attention maps and attention rollout as arrays and pictures: `explain(model, images)` (explanation.py),
-the maps themselves (maps.py), overlay PNGs (overlay.py), contact sheets (sheet.py), `vitkit explain` (cli.py).
+the maps themselves (maps.py), overlay PNGs (overlay.py), contact sheets (sheet.py), many files at once
+(files.py), `vitkit explain` (cli.py).
 
 Try it:  vitkit explain ../shared/images/imagenet-sample-100/n01440764_tench.JPEG --arch deit_tiny_patch16_224 \
            --model ../shared/weights/deit-tiny-patch16-224/model.safetensors --out explained/

@@ -1,6 +1,5 @@
-"""`vitkit explain IMAGE... --out DIR`: per image a PNG (the image the model saw, the heatmap overlay, the
-top-k labels), `explain.jsonl` (one row per input: path, png, top_k, error) and with --sheet contact sheets.
-Imports nothing heavier than torch (which vitkit.cli has loaded already) until the command runs.
+"""`vitkit explain IMAGE... --out DIR`: parses the flags and calls vitkit.explain.files.explain_files (per image
+a PNG, `explain.jsonl`, with --sheet contact sheets). Imports nothing heavier than torch until the command runs.
 
 Try it:  vitkit explain ../shared/images/imagenet-sample-100/n01440764_tench.JPEG --arch deit_tiny_patch16_224 \
            --model ../shared/weights/deit-tiny-patch16-224/model.safetensors --out explained/ --sheet
@@ -9,19 +8,12 @@ Try it:  vitkit explain ../shared/images/imagenet-sample-100/n01440764_tench.JPE
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from collections import Counter
-from pathlib import Path
 
 from vitkit import arguments as A
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.explain.maps import HEAD_FUSIONS, METHODS, READOUTS
 from vitkit.explain.sheet import COLUMNS
-
-SHEET_NAME = re.compile(r"sheet-\d+")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
 
 def add_commands(sub, model_args, runtime_args) -> None:
     parser = sub.add_parser("explain", help="attention rollout / attention maps as overlay PNGs (+ contact sheet)")
@@ -50,35 +42,12 @@ def add_commands(sub, model_args, runtime_args) -> None:
     parser.set_defaults(handler=run)
 
 
-def png_names(paths: list[str]) -> list[str]:
-    """One distinct PNG name per input: its stem (control characters, which a file name may hold, replaced
-    by "_"), with its position added where two inputs share a stem, where the stem is a contact sheet's
-    name, or where that name is already taken by another input's."""
-    stems = [CONTROL.sub("_", Path(p).stem) or "image" for p in paths]
-    counts = Counter(stems)
-    names, taken = [], set()
-    for i, stem in enumerate(stems):
-        name = f"{stem}-{i}.png" if counts[stem] > 1 or SHEET_NAME.fullmatch(stem) else f"{stem}.png"
-        while name in taken:
-            name = f"{Path(name).stem}-{i}.png"
-        taken.add(name)
-        names.append(name)
-    return names
-
-
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from vitkit.api import load
-    from vitkit.checkpoints.io import write_atomic_text
-    from vitkit.data.loader import iter_batches
+    from vitkit.batch.job import Loader
     from vitkit.data.sources import expand_inputs
-    from vitkit.explain.explanation import Explanation, Failed, explain_pixels
+    from vitkit.explain.files import explain_files
     from vitkit.explain.maps import MapSpec, require_attention_maps
-    from vitkit.explain.overlay import render, save_png
-    from vitkit.explain.sheet import write_sheets
-    from vitkit.output import json_text
-    from vitkit.tasks.job import PROGRESS_MIN_INPUTS
 
     spec = MapSpec(args.method, args.layer, args.head, args.head_fusion, args.readout)
     paths = expand_inputs(args.paths)
@@ -90,43 +59,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {model.source}: random weights, the maps are meaningless", file=sys.stderr)
     require_attention_maps(model.net)
     spec.check(model.config)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: give a folder for the PNGs")
-    out.mkdir(parents=True, exist_ok=True)
-    names = png_names(paths)
-    rows: list[dict] = []
-
-    def explained():
-        """Every input in order, as an Explanation (its PNG written) or Failed; holds one batch at a time."""
-        show = not args.no_progress and len(paths) >= PROGRESS_MIN_INPUTS
-        with tqdm(total=len(paths), unit="img", disable=not show, file=sys.stderr, dynamic_ncols=True) as bar:
-            for batch in iter_batches(paths, model.spec, args.batch_size, args.workers, args.max_pixels,
-                                      args.fast_decode, pin_memory=model.device.type == "cuda"):
-                good = explain_pixels(model, batch.pixels, [paths[i] for i in batch.indices], spec, args.top_k) \
-                    if batch.indices else []
-                found = dict(zip(batch.indices, good)) | {i: Failed(paths[i], e) for i, e in batch.errors.items()}
-                for i in sorted(found):
-                    item = found[i]
-                    png = None
-                    if isinstance(item, Explanation) and not args.sheet_only:
-                        png = str(save_png(render(item), out / names[i]))
-                    rows.append({"path": paths[i], "png": png,
-                                 "top_k": [p.to_dict() for p in getattr(item, "predictions", [])],
-                                 "error": getattr(item, "error", None)})
-                    yield item
-                bar.update(len(found))
-
-    sheets: list[Path] = []
-    if args.sheet or args.sheet_only:
-        sheets = write_sheets(explained(), out, columns=args.columns)
-    else:
-        for _ in explained():  # writes the per-image PNGs and rows
-            pass
-    write_atomic_text("".join(json_text(row) + "\n" for row in rows), out / "explain.jsonl")
+    loader = Loader(args.batch_size, args.workers, args.max_pixels, args.fast_decode, not args.no_progress)
+    rows, sheets = explain_files(model, paths, args.out, spec, args.top_k, loader, pngs=not args.sheet_only,
+                                 sheets=args.sheet or args.sheet_only, columns=args.columns)
     errors = sum(row["error"] is not None for row in rows)
     written = sum(row["png"] is not None for row in rows)
-    print(f"wrote {written} PNGs{f' and {len(sheets)} contact sheet(s)' if sheets else ''} to {out} "
+    print(f"wrote {written} PNGs{f' and {len(sheets)} contact sheet(s)' if sheets else ''} to {args.out} "
           f"({spec.describe(model.config)}); {errors} of {len(rows)} inputs unreadable (see explain.jsonl)",
           file=sys.stderr)
     return 0

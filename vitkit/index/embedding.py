@@ -8,27 +8,19 @@ m = vitkit.load('vitkit/assets/digits-vit'); print([v.shape for _, v, _ in embed
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+import torch
 
 from vitkit.api import Model
+from vitkit.batch.map import Chunk, map_images
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
-from vitkit.data.loader import iter_batches
+from vitkit.data.loader import Batch
 from vitkit.index import INDEX_POOLS
-from vitkit.tasks.job import PROGRESS_MIN_INPUTS
 
 # LanceDB's runtime (threads) must not be forked: decode workers start from a fresh server process instead
 START_METHOD = "forkserver"
-
-
-def model_id(model: Model) -> str:
-    """The model's source, as an absolute path when it is a local file or folder."""
-    source = str(model.source)
-    return str(Path(source).resolve()) if Path(source).exists() else source
 
 
 def check_pool(pool: str) -> str:
@@ -45,11 +37,12 @@ def embed_files(model: Model, paths: list[str], pool: str, batch_size: int = 32,
                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> Iterator[EmbeddedBatch]:
     """Per batch, in input order: (positions in `paths` of the decoded images, their L2-normalised
     vectors (n, D) float32, {position: reason} for the files that could not be read)."""
-    show = progress and len(paths) >= PROGRESS_MIN_INPUTS
-    with tqdm(total=len(paths), unit="img", disable=not show, file=sys.stderr, dynamic_ncols=True) as bar:
-        for batch in iter_batches(paths, model.spec, batch_size, workers, max_pixels, False,
-                                  pin_memory=model.device.type == "cuda", start_method=START_METHOD):
-            vectors = (model.embed_pixels(batch.pixels, pool).numpy() if batch.indices
-                       else np.empty((0, 0), np.float32))  # (n, D)
-            yield batch.indices, vectors, batch.errors
-            bar.update(len(batch.indices) + len(batch.errors))
+
+    def step(batch: Batch, _: list[str]) -> Chunk:
+        vectors = model.embed_pixels(batch.pixels, pool) if batch.indices else torch.empty(0, 0)  # (n, D)
+        return Chunk([], {"vectors": vectors})
+
+    for batch, chunk in map_images(paths, model.spec, step, batch_size=batch_size, workers=workers,
+                                   max_pixels=max_pixels, pin_memory=model.device.type == "cuda", progress=progress,
+                                   start_method=START_METHOD):
+        yield batch.indices, chunk.arrays["vectors"].numpy(), batch.errors

@@ -26,7 +26,7 @@ from PIL import Image
 
 from vitkit.api import ImageInput, Model
 from vitkit.index.dups import DupPair, near_duplicates
-from vitkit.index.embedding import check_pool, model_id
+from vitkit.index.embedding import check_pool
 from vitkit.index.ingest import AddReport, add_images, remove_paths
 from vitkit.index.search import Hit, ann_recall, build_ann, search
 from vitkit.index.store import ID_PATTERN, IndexMeta, Store
@@ -67,7 +67,7 @@ class ImageIndex:
         `arch` is recorded so that the model can be reloaded from a weights file without config."""
         pool = check_pool(pool or model.default_pool)
         probe = probe_vector(model, pool)
-        meta = IndexMeta(model_id(model), arch, pool, len(probe), stored_spec(model), tuple(float(v) for v in probe))
+        meta = IndexMeta(model.source_id, arch, pool, len(probe), stored_spec(model), tuple(float(v) for v in probe))
         return cls(Store.create(db_path, meta))
 
     @classmethod
@@ -104,7 +104,7 @@ class ImageIndex:
             reasons.append("other weights (its vector for a fixed probe image differs)")
         if reasons:
             raise IndexMismatch(f"{self.store.path} was built with model {m.model} (pool {m.pool}, {m.dim}-d); "
-                                f"model {model_id(model)} gives incomparable vectors: {'; '.join(reasons)}. "
+                                f"model {model.source_id} gives incomparable vectors: {'; '.join(reasons)}. "
                                 "Use the index's model, or another index folder")
 
     def add(self, paths: list[str], model: Model, pool: str | None = None, **options) -> AddReport:

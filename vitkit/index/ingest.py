@@ -29,12 +29,12 @@ import numpy as np
 from tqdm import tqdm
 
 from vitkit.api import Model
-from vitkit.data.decode import DEFAULT_MAX_PIXELS
+from vitkit.data.decode import DEFAULT_MAX_PIXELS, read_error
 from vitkit.data.sources import expand_inputs, is_utf8
 from vitkit.index.embedding import embed_files
 from vitkit.index.search import ANN_THRESHOLD, MIN_ANN_ROWS, build_ann
 from vitkit.index.store import FileEntry, FileRef, Row, Store
-from vitkit.tasks.job import PROGRESS_MIN_INPUTS
+from vitkit.batch.map import PROGRESS_MIN_INPUTS
 
 HASH_BLOCK = 1 << 20
 REINDEX_FRACTION = 0.2  # rows added since the ANN index was built, as a fraction of its rows
@@ -124,8 +124,7 @@ def scan(inputs: list[str], class_folders: bool, errors: list[tuple[str, str]]) 
             try:
                 stat = os.stat(path)
             except OSError as err:
-                errors.append((path, "no such file" if isinstance(err, FileNotFoundError) else
-                               f"cannot read file: {err.strerror or err}"))
+                errors.append((path, read_error(err)))
                 continue
             if not S_ISREG(stat.st_mode):  # a FIFO would block the content hash forever
                 errors.append((path, "not a regular file"))
@@ -170,7 +169,7 @@ def _by_content(files: list[Candidate], errors: list[tuple[str, str]], progress:
         try:
             return c, file_hash(c.path), None
         except OSError as err:
-            return c, None, f"cannot read file: {err.strerror or err}"
+            return c, None, read_error(err)
 
     groups: dict[str, list[Candidate]] = {}
     show = progress and len(files) >= PROGRESS_MIN_INPUTS

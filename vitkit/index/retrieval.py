@@ -17,7 +17,7 @@ import numpy as np
 
 from vitkit.api import Model
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
-from vitkit.index.embedding import check_pool, embed_files, model_id
+from vitkit.index.embedding import check_pool, embed_files
 from vitkit.train.datasets import discover
 
 KS = (1, 5, 10)
@@ -41,7 +41,7 @@ def evaluate_retrieval(folder: str, model: Model, pool: str | None = None, batch
         raise ValueError(f"{folder}: fewer than 2 readable images, nothing to retrieve")
     labels = np.array([items[p][1] for p in kept])
     metrics = retrieval_metrics(np.concatenate([v for v in vectors if len(v)]), labels)
-    return {"folder": str(folder), "model": model_id(model), "pool": pool, "classes": len(splits.labels),
+    return {"folder": str(folder), "model": model.source_id, "pool": pool, "classes": len(splits.labels),
             **metrics, "errors": errors}
 
 

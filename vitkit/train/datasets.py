@@ -35,7 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from vitkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from vitkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, read_error
 from vitkit.data.sources import IGNORED_DIRS, walk_images, is_image_name
 
 Item = tuple[str, int]  # (path, label index)
@@ -136,7 +136,7 @@ class LabelledImages(Dataset):
                     if isinstance(err, ImageDecodeError):
                         raise ImageDecodeError(f"{path}: {err}") from err
                     raise
-                self._record(path, _reason(err))
+                self._record(path, read_error(err))
                 continue
             return self.transform(image, generator), label
         raise RuntimeError(
@@ -149,14 +149,6 @@ class LabelledImages(Dataset):
             self.failures[path] = reason
             warnings.warn(f"cannot read training image {path}: {reason}; another image takes its place",
                           BadImageWarning, stacklevel=3)
-
-
-def _reason(err: Exception) -> str:
-    if isinstance(err, ImageDecodeError):
-        return str(err)
-    if isinstance(err, FileNotFoundError):
-        return "no such file"
-    return f"cannot read file: {getattr(err, 'strerror', None) or err}"
 
 
 def find_bad_images(items: Sequence[Item], *, full_decode: bool = False,
@@ -172,7 +164,7 @@ def find_bad_images(items: Sequence[Item], *, full_decode: bool = False,
             else:
                 _check_header(path, max_pixels)
         except (ImageDecodeError, OSError) as err:
-            return _reason(err)
+            return read_error(err)
         return None
 
     paths = [str(path) for path, _ in items]

@@ -30,7 +30,8 @@ from vitkit.checkpoints.io import write_tensors
 from vitkit.data.decode import ImageDecodeError
 from vitkit.data.workers import die_with_parent
 from vitkit.models.vit import VisionTransformer
-from vitkit.tasks.job import PROGRESS_MIN_INPUTS, Chunk, Job, concat_chunks
+from vitkit.batch.job import Job
+from vitkit.batch.map import PROGRESS_MIN_INPUTS, Chunk, concat_chunks
 from vitkit.train.datasets import Item, LabelledImages
 
 CHUNK = 256

@@ -38,7 +38,7 @@ from vitkit.checkpoints.io import atomic_path, publish, write_atomic_text
 from vitkit.checkpoints.save import save_hf
 from vitkit.data.workers import die_with_parent
 from vitkit.models.vit import VisionTransformer
-from vitkit.tasks import distributed
+from vitkit.batch import distributed
 from vitkit.train.augment import eval_transform, mixup_cutmix, train_transform
 from vitkit.train.config import TrainConfig
 from vitkit.train.datasets import DatasetError, LabelledImages, discover, find_bad_images

@@ -18,31 +18,31 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from filelock import FileLock, Timeout
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
 
+from vitkit.batch import distributed
+from vitkit.batch.map import Chunk, Step, concat_chunks, map_images, positions
 from vitkit.checkpoints.io import atomic_path, publish
-from vitkit.data.loader import Batch, iter_batches
+from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.output import json_text
-from vitkit.tasks import distributed
 
-PROGRESS_MIN_INPUTS = 32  # short runs finish before a bar would help
 LOCK = "job.lock"
 
 
-@dataclass
-class Chunk:
-    """Results for a run of consecutive inputs: one row per input (path, error, task fields) and, for
-    tasks that produce arrays, one array row per input (NaN where the input failed)."""
+@dataclass(frozen=True)
+class Loader:
+    """How a run decodes its inputs."""
 
-    rows: list[dict]
-    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
+    batch_size: int = 16
+    workers: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    fast_decode: bool = False
+    progress: bool = True
 
 
 @dataclass
@@ -51,10 +51,6 @@ class Stats:
     already_done: int  # inputs finished by an earlier run of the same job
     processed: int  # inputs run now (all ranks together)
     errors: int  # of those, inputs that could not be read
-
-
-# A task turns one decoded batch into rows (and array rows) for its inputs, errors included.
-BatchFn = Callable[[Batch, list[str]], Chunk]
 
 
 class Job:
@@ -130,7 +126,7 @@ class Job:
             lock.release()
 
 
-def run(job: Job, spec, process: BatchFn, batch_size: int, workers: int, max_pixels: int, fast_decode: bool,
+def run(job: Job, spec, process: Step, batch_size: int, workers: int, max_pixels: int, fast_decode: bool,
         pin_memory: bool, progress: bool = True) -> Stats:
     """Runs this rank's unfinished chunks of `job`, writing each as it completes."""
     rank, world = distributed.rank_and_world()
@@ -150,7 +146,7 @@ def run(job: Job, spec, process: BatchFn, batch_size: int, workers: int, max_pix
         raise
 
 
-def _run_chunks(job: Job, rank: int, world: int, spec, process: BatchFn, batch_size: int, workers: int,
+def _run_chunks(job: Job, rank: int, world: int, spec, step: Step, batch_size: int, workers: int,
                 max_pixels: int, fast_decode: bool, pin_memory: bool, progress: bool) -> Stats:
     done = job.done()
     mine = [c for c in range(job.num_chunks) if c % world == rank and c not in done]
@@ -159,31 +155,20 @@ def _run_chunks(job: Job, rank: int, world: int, spec, process: BatchFn, batch_s
         print(f"resuming: {already} of {len(job.paths)} inputs already done", file=sys.stderr)
     plan = []  # batches never straddle chunks, so a chunk is complete when its last batch is
     for chunk in mine:
-        positions = job.chunk_range(chunk)
-        plan += [list(positions[i:i + batch_size]) for i in range(0, len(positions), batch_size)]
-    todo = sum(len(b) for b in plan)
-    show = progress and rank == 0 and todo >= PROGRESS_MIN_INPUTS
+        covered = job.chunk_range(chunk)
+        plan += [list(covered[i:i + batch_size]) for i in range(0, len(covered), batch_size)]
     pending: dict[int, list[Chunk]] = {}
     processed = errors = 0
-    with tqdm(total=todo, unit="img", disable=not show, file=sys.stderr, dynamic_ncols=True) as bar:
-        for batch in iter_batches(job.paths, spec, batch_size, workers, max_pixels, fast_decode, pin_memory, plan):
-            first = min(batch.indices + list(batch.errors))
-            chunk = first // job.chunk_size
-            pending.setdefault(chunk, []).append(process(batch, job.paths))
-            size = len(batch.indices) + len(batch.errors)
-            processed, errors = processed + size, errors + len(batch.errors)
-            if sum(len(p.rows) for p in pending[chunk]) == len(job.chunk_range(chunk)):
-                job.write(chunk, concat_chunks(pending.pop(chunk)))
-            bar.update(size)
+    for batch, result in map_images(job.paths, spec, step, batch_size=batch_size, workers=workers,
+                                    max_pixels=max_pixels, fast_decode=fast_decode, pin_memory=pin_memory,
+                                    progress=progress and rank == 0, plan=plan):
+        chunk = positions(batch)[0] // job.chunk_size
+        pending.setdefault(chunk, []).append(result)
+        processed, errors = processed + len(result.rows), errors + len(batch.errors)
+        if sum(len(p.rows) for p in pending[chunk]) == len(job.chunk_range(chunk)):
+            job.write(chunk, concat_chunks(pending.pop(chunk)))
     processed, errors = distributed.sum_over_ranks([processed, errors])
     return Stats(len(job.paths), already, processed, errors)
-
-
-def concat_chunks(pieces: list[Chunk]) -> Chunk:
-    """Consecutive pieces of one chunk as one Chunk."""
-    rows = [row for piece in pieces for row in piece.rows]
-    arrays = {k: torch.cat([piece.arrays[k] for piece in pieces]) for k in pieces[0].arrays}
-    return Chunk(rows, arrays)
 
 
 def finish(job: Job, merge: Callable[[Iterator[Chunk], Path], None]) -> bool:
@@ -202,3 +187,35 @@ def finish(job: Job, merge: Callable[[Iterator[Chunk], Path], None]) -> bool:
         tmp.unlink(missing_ok=True)
     job.close()
     return True
+
+
+def check_output(output: str | Path | None, chunk_size: int, batch_size: int) -> None:
+    """What a run can know is wrong before any work: under torchrun an output file is needed (each rank writes
+    its parts, rank 0 merges), chunks hold whole batches, and the output must be a file that can be written."""
+    if distributed.rank_and_world()[1] > 1 and not output:
+        raise ValueError("under torchrun, give --output: each rank writes its part and rank 0 merges them")
+    if chunk_size % batch_size:
+        raise ValueError(f"--chunk-size {chunk_size} must be a multiple of --batch-size {batch_size}")
+    if output is None:
+        return
+    target = Path(output)
+    if target.is_dir():
+        raise ValueError(f"--output {output} is a folder: give a file name")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise ValueError(f"--output {output}: {target.parent} is not a folder")
+
+
+def run_to_file(model, paths: list[str], output: str | Path, settings: dict, step: Step,
+                merge: Callable[[Iterator[Chunk], Path], None], chunk_size: int = 256,
+                loader: Loader = Loader()) -> Stats:
+    """`step` over `paths` with `model` as a resumable job whose parts `merge` writes into `output` (atomically,
+    on rank 0, when all are done). `settings` (what the rows depend on) join the model and its input size in
+    the job's fingerprint: a re-run with other settings is refused rather than mixed in."""
+    check_output(output, chunk_size, loader.batch_size)
+    job = Job(paths, output, {"model": model.source_id, "input_size": model.spec.input_size, **settings}, chunk_size)
+    stats = run(job, model.spec, step, loader.batch_size, loader.workers, loader.max_pixels, loader.fast_decode,
+                pin_memory=model.device.type == "cuda", progress=loader.progress)
+    if finish(job, merge):
+        print(f"wrote {output}: {stats.total} rows ({stats.already_done} from an earlier run, {stats.processed} "
+              f"now, {stats.errors} unreadable)", file=sys.stderr)
+    return stats
