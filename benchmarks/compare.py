@@ -51,9 +51,8 @@ DEIT_TINY = SHARED / "weights" / "deit-tiny-patch16-224" / "model.safetensors"
 sys.path.insert(0, str(ROOT))
 import vitkit  # noqa: E402
 from vitkit.runtime import prepare  # noqa: E402
-from vitkit.tasks.bench import (  # noqa: E402
-    bench_end_to_end, bench_model, peak_rss_mb, reset_peak_rss, wait_quiet,
-)
+from vitkit.runtime.measure import peak_rss_mb, reset_peak_rss, wait_quiet  # noqa: E402
+from vitkit.tasks.bench import bench_end_to_end, bench_model  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from vitkit.checkpoints.save import save_hf  # noqa: E402
 from vitkit.models.registry import arch as get_arch  # noqa: E402
 from vitkit.models.vit import VisionTransformer  # noqa: E402
-from vitkit.tasks.bench import wait_quiet  # noqa: E402
+from vitkit.runtime.measure import wait_quiet  # noqa: E402
 from vitkit.train.config import TrainConfig  # noqa: E402
 from vitkit.train.trainer import Trainer  # noqa: E402
 

@@ -27,9 +27,8 @@ from vitkit.train.augment import (
     OPS, _mix, apply_op, cutmix_box, eval_transform, mixup_cutmix, parse_auto_augment, rand_augment_space,
     random_resized_crop_params, smooth_one_hot, train_transform, trivial_augment_space,
 )
-from vitkit.train.datasets import (
-    BadImageWarning, DatasetError, LabelledImages, discover, find_bad_images, sample_generator, sample_seed,
-)
+from vitkit.data.labelled import DatasetError, discover
+from vitkit.train.datasets import BadImageWarning, LabelledImages, find_bad_images, sample_generator, sample_seed
 
 SPEC = PreprocessSpec(input_size=32, crop_pct=0.875)
 

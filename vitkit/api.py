@@ -24,6 +24,7 @@ from vitkit.limits import check_tokens
 
 ImageInput = Image.Image | str | Path | bytes
 POOLS = ("cls", "mean", "tokens", "prelogits")
+VECTOR_POOLS = ("cls", "mean", "prelogits")  # one vector per image: what an index stores, what /v1/embed answers
 
 
 @dataclass(frozen=True)

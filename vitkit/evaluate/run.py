@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from vitkit.api import Model
 from vitkit.config import PreprocessSpec
+from vitkit.data.labelled import discover
 from vitkit.data.loader import iter_batches
 from vitkit.evaluate.layouts import EvalSet, read_eval_set
 from vitkit.evaluate.metrics import Scores, score
@@ -96,8 +97,6 @@ def _training_split(model: Model, data: str) -> EvalSet | None:
     trained = json.loads(record.read_text())
     if Path(trained["data"]).resolve() != Path(data).resolve() or not trained.get("val_split"):
         return None
-    from vitkit.train.datasets import discover  # the run's own split rule: the same files, by path hash
-
     splits = discover(data, trained["val_split"], trained["seed"])
     if splits.labels != list(model.labels):
         return None

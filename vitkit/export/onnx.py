@@ -185,9 +185,7 @@ def output_names(config: ViTConfig) -> list[str]:
 
 # -- export ---------------------------------------------------------------------------------------------
 def _plain(net) -> VisionTransformer:
-    from vitkit.runtime import PreparedViT
-
-    if isinstance(net, PreparedViT):
+    if getattr(net, "prepared", False):
         raise OnnxExportError("this network was prepared for a runtime backend (packed/bf16 weights): export the "
                               "plain network (load it without --backend/--dtype)")
     if not isinstance(net, VisionTransformer):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 
-INDEX_POOLS = ("cls", "mean", "prelogits")  # the poolings that give one vector per image (also /v1/embed's)
 _WHERE = {"ImageIndex": "image_index", "IndexMismatch": "image_index", "Hit": "search", "DupPair": "dups",
           "AddReport": "ingest", "evaluate_retrieval": "retrieval", "retrieval_metrics": "retrieval"}
 __all__ = tuple(sorted(_WHERE))

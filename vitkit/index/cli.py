@@ -13,7 +13,7 @@ import sys
 
 from vitkit import arguments as A
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
-from vitkit.index import INDEX_POOLS
+from vitkit.api import VECTOR_POOLS
 
 FORMATS = ("table", "jsonl")
 
@@ -27,7 +27,7 @@ def add_commands(sub, model_args, runtime_args) -> None:
     add.add_argument("db", metavar="DB", help="index folder")
     add.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive), globs")
     _model_options(add, model_args, runtime_args)
-    add.add_argument("--pool", choices=INDEX_POOLS,
+    add.add_argument("--pool", choices=VECTOR_POOLS,
                      help="for a new index (default: the model's own); an existing index keeps its own")
     add.add_argument("--class-folders", action="store_true",
                      help="each FOLDER holds one subfolder per class: label its images with that name")
@@ -74,7 +74,7 @@ def add_commands(sub, model_args, runtime_args) -> None:
     evaluate.add_argument("folder", metavar="FOLDER", help="one subfolder per class (or a manifest)")
     model_args(evaluate)
     runtime_args(evaluate)
-    evaluate.add_argument("--pool", choices=INDEX_POOLS, help="default: the model's own")
+    evaluate.add_argument("--pool", choices=VECTOR_POOLS, help="default: the model's own")
     _loader_options(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(handler=_cmd_eval_retrieval)

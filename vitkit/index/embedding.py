@@ -17,15 +17,15 @@ from vitkit.api import Model
 from vitkit.batch.map import Chunk, map_images
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.data.loader import Batch
-from vitkit.index import INDEX_POOLS
+from vitkit.api import VECTOR_POOLS
 
 # LanceDB's runtime (threads) must not be forked: decode workers start from a fresh server process instead
 START_METHOD = "forkserver"
 
 
 def check_pool(pool: str) -> str:
-    if pool not in INDEX_POOLS:
-        raise ValueError(f"an index holds one vector per image: pool must be one of {', '.join(INDEX_POOLS)}, "
+    if pool not in VECTOR_POOLS:
+        raise ValueError(f"an index holds one vector per image: pool must be one of {', '.join(VECTOR_POOLS)}, "
                          f"not {pool!r}")
     return pool
 

@@ -18,7 +18,7 @@ import numpy as np
 from vitkit.api import Model
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.index.embedding import check_pool, embed_files
-from vitkit.train.datasets import discover
+from vitkit.data.labelled import discover
 
 KS = (1, 5, 10)
 BLOCK = 1024  # queries ranked at once

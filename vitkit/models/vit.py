@@ -23,6 +23,8 @@ from vitkit.models.pos_embed import RelativePositionBias, SizeCache, resample_ab
 
 
 class VisionTransformer(nn.Module):
+    prepared = False  # True once vitkit.runtime.prepare has packed it for inference (then it cannot be exported)
+
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.config = cfg = config

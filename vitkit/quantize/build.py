@@ -42,9 +42,7 @@ def _batches(pixels: torch.Tensor, size: int = 32):
 def build_int8(net: VisionTransformer, image_size: int, recipe: Recipe,
                calibration: torch.Tensor | None = None) -> Built:
     """The INT8 graph of `net` (a plain, unprepared vitkit network; untouched) for `recipe`."""
-    from vitkit.runtime import PreparedViT
-
-    if isinstance(net, PreparedViT) or not isinstance(net, VisionTransformer):
+    if getattr(net, "prepared", False) or not isinstance(net, VisionTransformer):
         raise QuantizeError("quantize the plain network (load it without --backend/--dtype)")
     if recipe.needs_calibration and (calibration is None or not len(calibration)):
         what = "static INT8" if recipe.method == "static" else f"SmoothQuant (alpha {recipe.smooth_alpha})"

@@ -103,7 +103,7 @@ def measure_speed(runners: dict[str, callable], pixels: torch.Tensor, rounds: in
                   warmup: int = 3, quiet_wait_s: float = 60.0, baseline: str | None = None) -> dict:
     """Model-only img/s of each runner on the same batch: `rounds` interleaved rounds (each begins once other processes
     use < 0.25 core, waiting at most quiet_wait_s), each runner timed for `seconds` per round; medians."""
-    from vitkit.tasks.bench import wait_quiet
+    from vitkit.runtime.measure import wait_quiet
 
     batch = len(pixels)
     for fn in runners.values():

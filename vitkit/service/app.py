@@ -21,8 +21,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 import vitkit
+from vitkit.api import VECTOR_POOLS
 from vitkit.service import errors
-from vitkit.service.engine import EMBED_POOLS, Engine
+from vitkit.service.engine import Engine
 from vitkit.service.limits import BodyLimit
 from vitkit.service.metrics import CountRequests, Metrics
 from vitkit.service.routes import Limits, Service, api, probes
@@ -75,8 +76,8 @@ def create_app(engine: Engine, index=None, api_key: str | None = None, *, pool: 
 
 def _check_pooling(model, pool: str) -> None:
     """A model that cannot pool this way (e.g. an ONNX graph without that output) fails here, not per request."""
-    if pool not in EMBED_POOLS:
-        raise ValueError(f"/v1/embed gives one vector per image: pool must be one of {', '.join(EMBED_POOLS)}")
+    if pool not in VECTOR_POOLS:
+        raise ValueError(f"/v1/embed gives one vector per image: pool must be one of {', '.join(VECTOR_POOLS)}")
     size = model.spec.input_size
     model.embed_pixels(torch.zeros(1, 3, size, size), pool)
 

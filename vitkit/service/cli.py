@@ -11,7 +11,7 @@ import sys
 
 from vitkit import arguments as A
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
-from vitkit.service.engine import EMBED_POOLS
+from vitkit.api import VECTOR_POOLS
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -22,7 +22,7 @@ def add_commands(sub, model_args, runtime_args) -> None:
     model_args(serve)
     runtime_args(serve)
     serve.add_argument("--index", metavar="DB", help="an image index made with this model, for /v1/search")
-    serve.add_argument("--pool", choices=EMBED_POOLS,
+    serve.add_argument("--pool", choices=VECTOR_POOLS,
                        help="pooling of /v1/embed (default: the index's, else the model's own)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=A.PORT, default=8000)

@@ -35,11 +35,9 @@ import torch
 from vitkit.api import Model
 from vitkit.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from vitkit.data.transforms import preprocess
-from vitkit.index import INDEX_POOLS
 
 KINDS = ("classify", "embed")
 CLOSE_WAIT_S = 10.0  # at shutdown, how long to wait for the model to finish what is queued
-EMBED_POOLS = INDEX_POOLS  # the poolings that give one vector per image
 
 
 class EngineBusy(RuntimeError):

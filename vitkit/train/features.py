@@ -32,7 +32,8 @@ from vitkit.data.workers import die_with_parent
 from vitkit.models.vit import VisionTransformer
 from vitkit.batch.job import Job
 from vitkit.batch.map import PROGRESS_MIN_INPUTS, Chunk, concat_chunks
-from vitkit.train.datasets import Item, LabelledImages
+from vitkit.data.labelled import Item
+from vitkit.train.datasets import LabelledImages
 
 CHUNK = 256
 HEAD_KEYS = ("head.", "head_dist.")

@@ -41,7 +41,8 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.batch import distributed
 from vitkit.train.augment import eval_transform, mixup_cutmix, train_transform
 from vitkit.train.config import TrainConfig
-from vitkit.train.datasets import DatasetError, LabelledImages, discover, find_bad_images
+from vitkit.data.labelled import DatasetError, discover
+from vitkit.train.datasets import LabelledImages, find_bad_images
 from vitkit.train.defaults import resolve
 from vitkit.train.ema import EMA
 from vitkit.train.evaluate import autocast, evaluate
