@@ -52,7 +52,7 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.checkpoints.save import save_vitkit
 from vitkit.train.config import TrainConfig
 from vitkit.train.defaults import resolve
-from vitkit.train.optim import layer_id
+from vitkit.models.vit import layer_id
 from vitkit.train.schedule import lr_at
 from vitkit.train.trainer import Trainer
 

@@ -25,7 +25,8 @@ import torch
 from vitkit.config import BEIT_FIELDS, ViTConfig
 from vitkit.models.vit import VisionTransformer
 from vitkit.train.ema import EMA
-from vitkit.train.optim import apply_recipe, build_optimizer, layer_id, param_groups
+from vitkit.models.vit import layer_id
+from vitkit.train.optim import apply_recipe, build_optimizer, param_groups
 from vitkit.train.schedule import lr_at, set_lr
 
 DEPTH = 3
@@ -53,7 +54,7 @@ def build(kind: str) -> VisionTransformer:
 
 
 def expected_layer(name: str) -> int:
-    """The documented layer of a parameter, written out independently of optim.layer_id."""
+    """The documented layer of a parameter, written out independently of vitkit.models.vit.layer_id."""
     if name.startswith(EMBEDDING):
         return 0
     if name.startswith("blocks."):

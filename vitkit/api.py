@@ -136,22 +136,12 @@ class Model:
             raise ValueError("'prelogits' pools the final layer only; use cls, mean or tokens with --layers")
         pixels = pixels.to(self.device, non_blocking=True)
         if layers is None:
-            out = self._pool(self.net.forward_features(pixels), pool, final=True)  # (B, ...)
+            out = self.net.pool_pixels(pixels, pool)  # (B, ...)
         else:
             hidden = self.net.forward_intermediates(pixels, layers)  # [(B, T, D)] per layer
-            out = torch.stack([self._pool(h, pool, final=False) for h in hidden], dim=1)  # (B, L, ...)
+            out = torch.stack([self.net.pool(h, pool, final=False) for h in hidden], dim=1)  # (B, L, ...)
         out = out.float()
         return torch.nn.functional.normalize(out, dim=-1).cpu() if normalize else out.cpu()
-
-    def _pool(self, tokens: torch.Tensor, pool: str, final: bool) -> torch.Tensor:
-        if pool == "tokens":
-            return tokens  # (B, T, D)
-        if pool == "cls":
-            return tokens[:, 0]  # (B, D)
-        if pool == "prelogits":
-            return self.net.forward_head(tokens, pre_logits=True)  # (B, D')
-        mean = tokens[:, self.config.num_prefix_tokens:].mean(dim=1)  # (B, D)
-        return self.net.fc_norm(mean) if final else mean
 
     def embed(self, images: ImageInput | list[ImageInput], pool: str | None = None,
               layers: list[int] | None = None, normalize: bool = True) -> torch.Tensor:

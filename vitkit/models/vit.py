@@ -5,8 +5,8 @@ Its parameter names are vitkit's own state-dict layout; foreign layouts are mapp
 embeddings and fine-tuning share one path:
   forward_features(x)             -> tokens after the final norm           (B, T, D)
   forward_intermediates(x, idx)   -> tokens after the chosen blocks        [(B, T, D), ...]
-  pool(tokens)                    -> pooled features (pre-logits)          (B, D')
-  forward_head(tokens)            -> logits                                 (B, C)
+  pool(tokens, kind)              -> one embedding per image: cls, mean, prelogits, tokens
+  forward_head(tokens)            -> logits (pre_logits=True: the head's input)  (B, C)
 
 Try it:  python -c "import torch; from vitkit.config import variant; from vitkit.models.vit import \
 VisionTransformer; print(VisionTransformer(variant('Ti/16'))(torch.rand(1, 3, 224, 224)).shape)"
@@ -14,12 +14,24 @@ VisionTransformer; print(VisionTransformer(variant('Ti/16'))(torch.rand(1, 3, 22
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from vitkit.config import ViTConfig
 from vitkit.models.layers import Block, PatchEmbed
 from vitkit.models.pos_embed import RelativePositionBias, SizeCache, resample_abs_pos_embed
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Layer ids of parameter names: the embedding (patch projection, class/distillation tokens, positions, a
+    shared BEiT table) is 0, block i is i + 1, everything after the blocks (norms, pre-logits, heads) depth + 1."""
+    if name.startswith(("patch_embed.", "cls_token", "dist_token", "pos_embed", "rel_pos.")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
 
 
 class VisionTransformer(nn.Module):
@@ -79,6 +91,24 @@ class VisionTransformer(nn.Module):
     @property
     def labels(self) -> tuple[str, ...]:
         return self.config.labels
+
+    def reset_classifier(self, labels: Sequence[str]) -> None:
+        """A new head (and distillation head) for `labels`, initialised as `init_weights` does (truncated normal,
+        std 0.02; zero bias); a pre-logits layer goes with the old head, as transformers and timm drop it when
+        fine-tuning (their classifiers read the class token directly)."""
+        self.config = self.config.replace(num_classes=len(labels), labels=tuple(labels), pre_logits_dim=0)
+        if hasattr(self, "pre_logits"):
+            del self.pre_logits
+        heads = ["head"] + (["head_dist"] if self.config.dist_token and self.config.dist_head else [])
+        for name in heads:
+            layer = nn.Linear(self.config.width, len(labels))
+            nn.init.trunc_normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+            setattr(self, name, layer)
+
+    def layer_of(self, name: str) -> int:
+        """The layer a parameter belongs to, for layer-wise learning-rate decay (see `layer_id`)."""
+        return layer_id(name, self.config.depth)
 
     # -- features -----------------------------------------------------------------------------------
     def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
@@ -162,6 +192,28 @@ class VisionTransformer(nn.Module):
         heads = [self.head] + ([self.head_dist] if hasattr(self, "head_dist") else [])
         logits = [head(p) for head, p in zip(heads, pooled)]
         return logits[0] if len(logits) == 1 else torch.stack(logits).mean(dim=0)
+
+    def pool(self, tokens: torch.Tensor, kind: str, final: bool = True) -> torch.Tensor:
+        """Tokens (B, T, D) -> one embedding per image: 'cls' the class token (B, D), 'mean' the patch-token
+        mean (B, D; then fc_norm when the model pools that way and these are the final tokens), 'prelogits'
+        the head's input (B, D', final tokens only), 'tokens' every token (B, T, D). `final`: the tokens
+        after the final norm (forward_features), else one block's raw hidden states."""
+        if kind == "tokens":
+            return tokens
+        if kind == "cls":
+            return tokens[:, 0]  # (B, D)
+        if kind == "prelogits":
+            if not final:
+                raise ValueError("'prelogits' pools the final layer only; use cls, mean or tokens with --layers")
+            return self.forward_head(tokens, pre_logits=True)  # (B, D')
+        if kind != "mean":
+            raise ValueError(f"unknown pooling {kind!r}: choose cls, mean, prelogits or tokens")
+        mean = tokens[:, self.config.num_prefix_tokens:].mean(dim=1)  # (B, D)
+        return self.fc_norm(mean) if final else mean
+
+    def pool_pixels(self, pixels: torch.Tensor, kind: str) -> torch.Tensor:
+        """Pixels (B, C, H, W) -> `pool(forward_features(pixels), kind)`."""
+        return self.pool(self.forward_features(pixels), kind)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(pixels))

@@ -9,14 +9,10 @@ Where it comes from
 What it offers (the inference subset of `VisionTransformer`; fp32 pixels in, fp32 CPU tensors out)
     net(pixels)                     logits (B, C)                 graph output `logits`
     net.forward_features(pixels)    final normed tokens (B, T, D) graph output `features`
-    net.forward_head(tokens, pre_logits=True)   the graph's `pre_logits` for the tokens the last
-                                    `forward_features` returned (the graph runs from pixels, not from tokens)
-    net.fc_norm(mean)               likewise, for the patch-token mean of those tokens (BEiT's mean pooling)
-    net.pool_pixels(pixels, pool)   'cls' | 'mean' | 'tokens' | 'prelogits' in one call: what `Model.embed_pixels`
-                                    needs, without the two calls above
+    net.pool_pixels(pixels, pool)   'cls' | 'mean' | 'tokens' | 'prelogits': what `Model.embed_pixels` uses
     net.config / .labels / .spec / .runtime (backend "onnx") / .state_dict() (meta tensors: shapes only)
-Not available: forward_intermediates (embed --layers), attention_maps, training, other input sizes (one file per
-size: export another).
+Not available: forward_head / pool from tokens (the graph runs from pixels), forward_intermediates (embed
+--layers), attention_maps, training, other input sizes (one file per size: export another).
 
 Try it:  python -c "from vitkit.runtime.onnx_backend import load_onnx; import torch; \
 net = load_onnx('/tmp/deit.onnx').net; print(net.runtime, net(torch.rand(2, 3, 224, 224)).shape)"
@@ -52,18 +48,6 @@ def _providers(device: torch.device) -> list:
     raise RuntimeUnavailable(f"device {device} is not supported by the onnx backend: use cpu or cuda")
 
 
-class _FromLastRun(nn.Module):
-    """`fc_norm` of an ONNX-backed net: the graph already applied it; returns the graph's pooled output for the
-    patch-token mean of the last `forward_features` tokens (checked to be exactly that mean)."""
-
-    def __init__(self, lookup):
-        super().__init__()
-        self._lookup = lookup
-
-    def forward(self, mean: torch.Tensor) -> torch.Tensor:
-        return self._lookup(mean)
-
-
 class OnnxNet(nn.Module):
     """An onnxruntime session over a vitkit-exported graph, usable where `Model` uses its network for inference."""
 
@@ -88,9 +72,6 @@ class OnnxNet(nn.Module):
         self.dynamic_batch = not isinstance(self.input_shape[0], int)
         self.runtime = RuntimeInfo("onnx", self.meta.dtype, str(device), packed=False)
         self._device = device
-        self._last: tuple[torch.Tensor, dict[str, np.ndarray]] | None = None
-        cfg = self.config
-        self.fc_norm = _FromLastRun(self._pooled_mean) if cfg.fc_norm else nn.Identity()
 
     def __repr__(self) -> str:
         return (f"OnnxNet({self.source!r}, {self.meta.dtype}, input {self.input_shape}, outputs {self.outputs}, "
@@ -123,40 +104,12 @@ class OnnxNet(nn.Module):
         return torch.from_numpy(self.run(pixels, [LOGITS])[LOGITS])
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> final normed tokens (B, T, D); the run's other outputs are kept for `forward_head` and
-        `fc_norm` on these tokens."""
-        out = self.run(pixels)
-        tokens = torch.from_numpy(out[FEATURES])
-        self._last = (tokens, out)
-        return tokens
-
-    def _outputs_for(self, tokens: torch.Tensor, what: str) -> dict[str, np.ndarray]:
-        if self._last is None or tokens is not self._last[0]:
-            raise NotImplementedError(f"the ONNX graph runs from pixels: {what} is available only for the tokens the "
-                                      "last forward_features call returned (or use pool_pixels / forward)")
-        return self._last[1]
-
-    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        out = self._outputs_for(tokens, "forward_head")
-        name = PRE_LOGITS if pre_logits else LOGITS
-        if name not in out:
-            raise ValueError(f"{self.source} is a backbone without a classifier head: use embeddings instead")
-        return torch.from_numpy(out[name])
+        """(B, 3, S, S) -> final normed tokens (B, T, D)."""
+        return torch.from_numpy(self.run(pixels, [FEATURES])[FEATURES])
 
     def _mean_is_prelogits(self) -> bool:
         cfg = self.config
         return cfg.pool == "mean" and not cfg.pre_logits_dim
-
-    def _pooled_mean(self, mean: torch.Tensor) -> torch.Tensor:
-        """fc_norm(patch-token mean) = the graph's pre_logits, for a model that pools that way (BEiT)."""
-        if self._last is None or not self._mean_is_prelogits():
-            raise NotImplementedError("this ONNX graph has no fc_norm(mean) output for this model's pooling")
-        tokens, out = self._last
-        expected = tokens[:, self.config.num_prefix_tokens:].mean(dim=1)
-        if mean.shape != expected.shape or not torch.equal(mean.to(expected.dtype).cpu(), expected):
-            raise NotImplementedError("the ONNX graph applies fc_norm itself: fc_norm is available only for the "
-                                      "patch-token mean of the last forward_features tokens (or use pool_pixels)")
-        return torch.from_numpy(out[PRE_LOGITS])
 
     def pool_pixels(self, pixels: torch.Tensor, pool: str) -> torch.Tensor:
         """(B, 3, S, S) -> un-normalized embeddings as `Model.embed_pixels` pools the final layer: 'cls' (B, D),
@@ -178,6 +131,12 @@ class OnnxNet(nn.Module):
         raise NotImplementedError("this ONNX graph has no fc_norm(mean) output for this model's pooling")
 
     # -- what the graph does not have ----------------------------------------------------------------------
+    def forward_head(self, tokens, pre_logits: bool = False):
+        raise NotImplementedError("the ONNX graph runs from pixels: use forward (logits) or pool_pixels")
+
+    def pool(self, tokens, kind: str, final: bool = True):
+        raise NotImplementedError("the ONNX graph runs from pixels: use pool_pixels")
+
     def forward_intermediates(self, pixels, indices, norm: bool = False):
         raise NotImplementedError("the ONNX graph outputs the final layer only: for --layers use the PyTorch "
                                   "backends (eager, compile)")

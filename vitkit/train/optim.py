@@ -1,9 +1,9 @@
 """What trains and how fast: recipes (linear probe, freeze the first N blocks, full), AdamW parameter groups
 with weight-decay exclusions and layer-wise learning-rate decay.
 
-Layer ids: the embedding (patch projection, class/distillation tokens, positions, a shared BEiT table) is
-layer 0, block i is layer i + 1, everything after the blocks (final norm, fc_norm, pre-logits, heads) is
-layer depth + 1. With decay d, layer l trains at lr * d ** (depth + 1 - l): the head at the full rate.
+Layer ids (`VisionTransformer.layer_of`): the embedding (patch projection, class/distillation tokens, positions,
+a shared BEiT table) is layer 0, block i is layer i + 1, everything after the blocks (final norm, fc_norm,
+pre-logits, heads) is layer depth + 1. With decay d, layer l trains at lr * d ** (depth + 1 - l): the head at the full rate.
 
 Try it:  python -m pytest tests/test_train_optim.py -q
 """
@@ -25,23 +25,14 @@ def apply_recipe(net: VisionTransformer, recipe: str, freeze_blocks: int = 0) ->
         raise ValueError(f"unknown recipe {recipe!r}: choose {', '.join(RECIPES)}")
     if recipe == "freeze" and not 0 <= freeze_blocks <= net.config.depth:
         raise ValueError(f"--freeze-blocks {freeze_blocks} outside 0..{net.config.depth}")
-    depth = net.config.depth
     for name, param in net.named_parameters():
-        layer = layer_id(name, depth)
+        layer = net.layer_of(name)
         if recipe == "linear-probe":
             param.requires_grad = name.startswith(("head.", "head_dist."))
         elif recipe == "freeze":
             param.requires_grad = layer > freeze_blocks
         else:
             param.requires_grad = True
-
-
-def layer_id(name: str, depth: int) -> int:
-    if name.startswith(("patch_embed.", "cls_token", "dist_token", "pos_embed", "rel_pos.")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
 
 
 def param_groups(net: VisionTransformer, lr: float, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
@@ -53,7 +44,7 @@ def param_groups(net: VisionTransformer, lr: float, weight_decay: float, layer_d
         if not param.requires_grad:
             continue
         no_decay = param.ndim <= 1 or name.endswith(NO_DECAY_NAMES) or name in NO_DECAY_NAMES
-        layer = layer_id(name, depth)
+        layer = net.layer_of(name)
         scale = layer_decay ** (depth + 1 - layer)
         group = groups.setdefault((layer, no_decay), {
             "params": [], "names": [], "lr": lr * scale, "lr_scale": scale,

@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vitkit.api import load as load_model, resolve_device
-from vitkit.checkpoints.convert import load_strict
 from vitkit.checkpoints.io import atomic_path, publish, write_atomic_text
 from vitkit.checkpoints.save import save_hf
 from vitkit.data.workers import die_with_parent
@@ -75,24 +74,10 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
 
 def build_network(cfg: TrainConfig, labels: list[str]):
     """The base model with a new head for `labels` (and the run's drop path); returns (net, eval spec)."""
-    base = load_model(cfg.model, cfg.arch, image_size=cfg.image_size, device="cpu")
-    # a pre-logits (pooler) layer is dropped with the old head, as transformers and timm do when fine-tuning
-    # e.g. the ImageNet-21k ViT: their classifiers (and so the saved folder) read the class token directly
-    new_cfg = base.config.replace(num_classes=len(labels), labels=tuple(labels), drop_path=cfg.drop_path,
-                                  pre_logits_dim=0)
-    with torch.device("meta"):
-        net = VisionTransformer(new_cfg)
-    heads = ("head.", "head_dist.", "pre_logits.")
-    kept = {k: v for k, v in base.net.state_dict().items() if not k.startswith(heads)}
+    base = load_model(cfg.model, cfg.arch, image_size=cfg.image_size, device="cpu", drop_path=cfg.drop_path)
     torch.manual_seed(cfg.seed)
-    for name in ("head", "head_dist"):
-        if hasattr(net, name):
-            layer = torch.nn.Linear(new_cfg.pre_logits_dim or new_cfg.width, len(labels))
-            torch.nn.init.trunc_normal_(layer.weight, std=0.02)
-            torch.nn.init.zeros_(layer.bias)
-            kept[f"{name}.weight"], kept[f"{name}.bias"] = layer.weight.detach(), layer.bias.detach()
-    load_strict(net, kept, base.layout)
-    return net.float(), base.spec
+    base.net.reset_classifier(labels)
+    return base.net.float(), base.spec
 
 
 class Trainer:
