@@ -19,6 +19,7 @@ from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.evaluate.layouts import LAYOUTS
 from vitkit.output import FORMATS as OUTPUT_FORMATS
 from vitkit.runtime import BACKENDS, DTYPES
+from vitkit.train import config as train_config
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -90,43 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                           "or a CSV/JSONL manifest with path,label")
     _model_args(finetune)
     finetune.add_argument("--out", required=True, help="output folder: a transformers model folder plus logs")
-    finetune.add_argument("--recipe", choices=("linear-probe", "freeze", "full"), default="full",
-                          help="linear-probe: solve a new head on frozen features; freeze / full (default): "
-                               "start from that head, then fine-tune (the first N / all blocks)")
-    finetune.add_argument("--freeze-blocks", type=A.NON_NEGATIVE, default=0, help="with --recipe freeze: blocks kept fixed")
-    finetune.add_argument("--head-init", choices=("probe", "random"), default="probe",
-                          help="freeze/full: start from the linear probe's head (default) or a random one")
-    finetune.add_argument("--views", type=A.int_in(0, 64), default=0,
-                          help="linear probe: augmented views of each training image besides the plain one")
-    auto = " (default: chosen from the recipe and the data, and printed)"
-    finetune.add_argument("--epochs", type=A.int_in(0, 100_000), help="epochs" + auto)
-    finetune.add_argument("--batch-size", type=A.BATCH, help="global batch (all ranks, all accumulation)" + auto)
-    finetune.add_argument("--grad-accum", type=A.int_in(1, 1024), default=1)
-    finetune.add_argument("--lr", type=A.float_in(0.0, 10.0), help="peak learning rate of the head" + auto)
-    finetune.add_argument("--min-lr", type=A.float_in(0.0, 10.0), default=1e-6)
-    finetune.add_argument("--warmup-steps", type=A.NON_NEGATIVE, help="linear warm-up" + auto)
-    finetune.add_argument("--weight-decay", type=A.float_in(0.0, 10.0), default=0.05)
-    finetune.add_argument("--layer-decay", type=A.float_in(0.0, 1.0, low_open=True), help="layer-wise LR decay, e.g. 0.65" + auto)
-    finetune.add_argument("--label-smoothing", type=A.float_in(0.0, 0.99), default=0.1)
-    finetune.add_argument("--drop-path", type=A.float_in(0.0, 0.99), default=0.0)
-    finetune.add_argument("--clip-grad", type=A.float_in(0.0, 1e6), default=1.0, help="max gradient norm (0: off)")
-    finetune.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none")
-    finetune.add_argument("--grad-checkpointing", action="store_true")
-    finetune.add_argument("--ema", type=A.float_in(0.0, 1.0, low_open=True), help="keep an exponential moving average, e.g. 0.9998")
-    finetune.add_argument("--augment", choices=("auto", "light", "trivial", "rand", "none"), default="auto",
-                          help="light: random crops (of 70-100%% of the eval view) and flips; trivial/rand: "
-                               "TrivialAugment/RandAugment ops, crops down to 8%%; none: no ops, no crops "
-                               "unless --crop-scale" + auto)
-    finetune.add_argument("--hflip", type=A.FRACTION, default=0.5, help="horizontal flip probability (0 for digits, text)")
-    finetune.add_argument("--crop-scale", type=A.float_in(0.0, 1.0, low_open=True),
-                          help="smallest area fraction of the random crop of the eval view (1: no crop)" + auto)
-    finetune.add_argument("--mixup", type=A.float_in(0.0, 100.0), default=0.0, help="mixup alpha (0: off)")
-    finetune.add_argument("--cutmix", type=A.float_in(0.0, 100.0), default=0.0, help="cutmix alpha (0: off)")
-    finetune.add_argument("--val-split", type=A.float_in(0.0, 0.9), default=0.1, help="when DATA has no val/ (0: none)")
-    finetune.add_argument("--patience", type=A.COUNT, help="stop after this many epochs without a better val top-1")
-    finetune.add_argument("--checkpoint-every", type=A.NON_NEGATIVE, default=0, help="also checkpoint every N steps")
-    finetune.add_argument("--seed", type=A.NON_NEGATIVE, default=0)
-    finetune.add_argument("--workers", type=A.WORKERS, default=1)
+    train_config.add_arguments(finetune)
     finetune.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
     finetune.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
@@ -174,7 +139,19 @@ def _parser() -> argparse.ArgumentParser:
 
     for name in FEATURE_CLIS:
         importlib.import_module(name).add_commands(sub, _model_args, _runtime_args)
+    _show_defaults(parser)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every command's --help says each option's default."""
+    for action in parser._actions:
+        if action.option_strings and action.help is None and action.default not in (None, argparse.SUPPRESS):
+            action.help = "default: %(default)s"
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+                _show_defaults(child)
 
 
 # Commands that live beside their feature. Each module's add_commands(sub, model_args, runtime_args) adds its
@@ -307,13 +284,9 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from vitkit.train.config import TrainConfig
     from vitkit.train.trainer import Trainer
 
-    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    fields["val_split"] = fields["val_split"] or None
-    fields["clip_grad"] = fields["clip_grad"] or None
-    Trainer(TrainConfig(**fields), resume=args.resume, overwrite=args.overwrite).fit()
+    Trainer(train_config.from_arguments(args), resume=args.resume, overwrite=args.overwrite).fit()
     return 0
 
 
