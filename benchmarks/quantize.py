@@ -35,12 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import vitkit  # noqa: E402
 from vitkit.checkpoints.io import write_atomic_text  # noqa: E402
-from vitkit.export.onnx import LOGITS  # noqa: E402
+from vitkit.onnx.format import LOGITS  # noqa: E402
 from vitkit.quantize import RECIPES, markdown, quantize  # noqa: E402
 from vitkit.quantize.build import build_int8  # noqa: E402
 from vitkit.quantize.data import calibration_pixels  # noqa: E402
 from vitkit.quantize.onnx_int8 import fp32_graph  # noqa: E402
-from vitkit.quantize.report import OrtRunner, compare, measure_speed, transformers_runner  # noqa: E402
+from vitkit.onnx.session import Session  # noqa: E402
+from vitkit.quantize.report import compare, measure_speed, transformers_runner  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "deit-tiny-patch16-224" / "model.safetensors"
@@ -110,7 +111,7 @@ def _cross_validated(model, name: str, pixels: torch.Tensor, paths: list[str], t
         built_k = build_int8(model.net, model.spec.input_size, recipe, calibration)
         seconds += time.perf_counter() - start
         built = built or built_k
-        out = OrtRunner(built_k.int8)(pixels[fold])
+        out = Session(built_k.int8)(pixels[fold])
         got_logits.append(out[LOGITS])
         got_pre.append(out.get("pre_logits"))
         order += fold
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = [int(r["class_index"]) for r in rows]
     pixels = model.preprocess(paths)
     fp32 = fp32_graph(model.net, model.spec.input_size, True)
-    ref_out = OrtRunner(fp32)(pixels)  # the fp32 answers every row is compared with, computed once
+    ref_out = Session(fp32)(pixels)  # the fp32 answers every row is compared with, computed once
 
     quality, graphs = {}, {}
     for name in names:
@@ -174,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     speeds, default_threads = {}, torch.get_num_threads()
     for threads in args.threads:
         torch.set_num_threads(threads)
-        fp32_run = OrtRunner(fp32, threads=threads)
+        fp32_run = Session(fp32, threads=threads)
         runners = {"onnxruntime fp32": lambda p, r=fp32_run: r(p, [LOGITS])}
         for name in names:
-            runners[name] = lambda p, r=OrtRunner(graphs[name], threads=threads): r(p, [LOGITS])
+            runners[name] = lambda p, r=Session(graphs[name], threads=threads): r(p, [LOGITS])
         if callable(hf):
             runners["transformers sdpa fp32"] = hf
         runners["vitkit bf16 (PyTorch)"] = bf16_run

@@ -36,7 +36,7 @@ pytest.importorskip("onnxruntime")
 import vitkit  # noqa: E402
 from vitkit.checkpoints.convert import Loaded  # noqa: E402
 from vitkit.config import ViTConfig  # noqa: E402
-from vitkit.export import export_onnx  # noqa: E402
+from vitkit.onnx import export_onnx  # noqa: E402
 from vitkit.models.registry import HF_DEIT  # noqa: E402
 from vitkit.models.vit import VisionTransformer  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""ONNX export (vitkit.export.onnx) and the onnxruntime backend (vitkit.runtime.onnx_backend), against PyTorch.
+"""ONNX export (vitkit.onnx) and the onnxruntime backend (vitkit.runtime.onnx_backend), against PyTorch.
 
 Parity (fp32, onnxruntime CPU vs vitkit's plain network at the exported size):
   logits and pre_logits: max abs diff <= 1e-4 (observed ~1e-6 with random weights, <= 3.3e-5 with the real DeiT-Tiny
@@ -32,10 +32,12 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 import vitkit  # noqa: E402
-import vitkit.export.onnx as vx  # noqa: E402
+import vitkit.onnx.export as vx_export  # noqa: E402
+import vitkit.onnx.graph as vx_graph  # noqa: E402
+import vitkit.onnx.verify as vx_verify  # noqa: E402
 from vitkit.api import Model  # noqa: E402
 from vitkit.config import BEIT_FIELDS, PreprocessSpec, ViTConfig, variant  # noqa: E402
-from vitkit.export import OnnxExportError, export_onnx, read_metadata  # noqa: E402
+from vitkit.onnx import OnnxExportError, export_onnx, read_metadata  # noqa: E402
 from vitkit.models.vit import VisionTransformer  # noqa: E402
 from vitkit.runtime import RuntimeUnavailable, prepare  # noqa: E402
 from vitkit.runtime.onnx_backend import OnnxNet, load_onnx, onnx_from_network  # noqa: E402
@@ -70,13 +72,13 @@ def _assert_parity(onnx_net: OnnxNet, net: VisionTransformer, x: torch.Tensor) -
     assert set(got) == set(ref)
     diffs = {k: float(np.abs(got[k] - ref[k]).max()) for k in ref}
     for name, diff in diffs.items():
-        limit = max(TOL, vx.FEATURES_RTOL * float(np.abs(ref[name]).max())) if name == "features" else TOL
+        limit = max(TOL, vx_verify.FEATURES_RTOL * float(np.abs(ref[name]).max())) if name == "features" else TOL
         assert diff <= limit, f"{name}: max abs diff {diff:.3g} > {limit:.3g}"
     return diffs
 
 
 def _op_types(path: Path) -> set[str]:
-    return {node.op_type for node in vx._all_nodes(onnx.load(str(path)).graph)}
+    return {node.op_type for node in vx_graph._all_nodes(onnx.load(str(path)).graph)}
 
 
 # -- parity ----------------------------------------------------------------------------------------------
@@ -104,8 +106,8 @@ def test_full_size_b16_parity(family, size, report):
         net = VisionTransformer(variant("B/16", **fields))
     net = randomise_(net.to_empty(device="cpu"), scale=0.1)  # no init pass: every parameter is set here
     start = time.perf_counter()
-    photos = vx.default_photos(1) if size == 224 else []  # a 384 px input costs ~2 s per runtime here
-    data, rep = vx.export_bytes(net, spec=PreprocessSpec(), image_size=size, dynamic_batch=True, verify_random=1,
+    photos = vx_verify.default_photos(1) if size == 224 else []  # a 384 px input costs ~2 s per runtime here
+    data, rep = vx_export.export_bytes(net, spec=PreprocessSpec(), image_size=size, dynamic_batch=True, verify_random=1,
                                 verify_photos=photos)
     seconds = time.perf_counter() - start
     diffs = rep.max_abs_diff
@@ -115,7 +117,7 @@ def test_full_size_b16_parity(family, size, report):
     assert diffs["logits"] <= TOL and diffs["pre_logits"] <= TOL and diffs["features"] <= TOL
     assert rep.checked["random"] == 1 and rep.image_size == size
     graph = onnx.load_from_string(data).graph
-    assert not {n.op_type for n in vx._all_nodes(graph)} & {"Resize", "Upsample"}
+    assert not {n.op_type for n in vx_graph._all_nodes(graph)} & {"Resize", "Upsample"}
     assert list(graph.input[0].type.tensor_type.shape.dim)[2].dim_value == size
 
 
@@ -123,7 +125,7 @@ def test_network_at_size_equals_runtime_resampling():
     """The baked copy at 48 px gives the same outputs as the original resampling per call (both PyTorch)."""
     for name in ("vit", "beit", "beit_shared_rel_pos"):
         net = _net(CONFIGS[name])
-        fixed = vx.network_at_size(net, 48)
+        fixed = vx_graph.network_at_size(net, 48)
         assert fixed.config.image_size == 48 and net.config.image_size == 32
         x = torch.randn(2, 3, 48, 48)
         with torch.inference_mode():
@@ -185,14 +187,14 @@ def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
     net = _net(CONFIGS["vit"])
     out = tmp_path / "m.onnx"
     out.write_bytes(b"an older export")
-    real = vx._torch_outputs
+    real = vx_verify._torch_outputs
 
     def off_by_a_little(net, pixels):
         ref = real(net, pixels)
         ref["logits"] = ref["logits"] + 3e-4
         return ref
 
-    monkeypatch.setattr(vx, "_torch_outputs", off_by_a_little)
+    monkeypatch.setattr(vx_verify, "_torch_outputs", off_by_a_little)
     with pytest.raises(OnnxExportError, match=r"max abs diff logits 0\.0003\d* > 0\.0001.*was not written"):
         export_onnx(net, out, spec=SPEC, verify_photos=[])
     assert out.read_bytes() == b"an older export"
@@ -239,7 +241,7 @@ def test_fp16_export(tmp_path, report):
     diff = float(np.abs(got.numpy() - ref).max())
     report(f"onnx: fp16 tiny BEiT on onnxruntime CPU vs fp32: max abs logit diff {diff:.1e} "
            f"({diff / scale:.1%} of max |logit|)")
-    assert diff <= vx.FP16_RTOL * scale
+    assert diff <= vx_verify.FP16_RTOL * scale
 
 
 # -- the backend -----------------------------------------------------------------------------------------
@@ -313,4 +315,4 @@ def test_real_deit_tiny_100_photos(tmp_path, report):
            f"(export verification: {rep.max_abs_diff['logits']:.1e}; {rep.export_s:.1f} s + {rep.verify_s:.1f} s)")
     assert same_top1 == len(photos)
     assert diff <= TOL
-    assert token_diff <= vx.FEATURES_RTOL * float(tokens.abs().max())
+    assert token_diff <= vx_verify.FEATURES_RTOL * float(tokens.abs().max())

@@ -35,7 +35,7 @@ from vitkit.quantize.data import calibration_pixels, eval_set  # noqa: E402
 from vitkit.quantize.fused import can_fuse, fused_graph  # noqa: E402
 from vitkit.quantize.onnx_int8 import fp32_graph, site_nodes  # noqa: E402
 from vitkit.quantize.recipe import quantized_sites, sites  # noqa: E402
-from vitkit.quantize.report import OrtRunner  # noqa: E402
+from vitkit.onnx.session import Session  # noqa: E402
 from vitkit.quantize.smooth import activation_absmax, smooth, smoothing_scales  # noqa: E402
 
 from conftest import SHARED, randomise_  # noqa: E402
@@ -123,12 +123,12 @@ def test_fused_graph_matches_and_beit_is_not_fused():
     net = _net("vit")
     data = fused_graph(net, 48, dynamic_batch=True)  # also at another size: positions resampled outside the graph
     assert _op_types(data).count("Attention") == 3
-    from vitkit.export.onnx import network_at_size
+    from vitkit.onnx.graph import network_at_size
 
     x = torch.randn(2, 3, 48, 48)
     with torch.inference_mode():
         want = network_at_size(net, 48)(x).numpy()
-    got = OrtRunner(data)(x)["logits"]
+    got = Session(data)(x)["logits"]
     assert np.abs(got - want).max() < 1e-4
     assert not can_fuse(_net("beit"))
 
@@ -170,7 +170,7 @@ def test_only_weight_gemms_become_integer(name, recipe_name):
     x = torch.randn(3, 3, 32, 32)
     with torch.inference_mode():
         want = net(x).numpy()
-    got = OrtRunner(built.int8)(x)["logits"]
+    got = Session(built.int8)(x)["logits"]
     assert got.shape == want.shape and np.isfinite(got).all()
     assert np.abs(got - want).max() < 0.25 * max(1.0, np.abs(want).max())  # INT8 noise, not a broken graph
 

@@ -192,7 +192,7 @@ def test_bf16_refused_without_bf16_instructions(monkeypatch):
 @pytest.mark.parametrize("backend, dtype, error, message", [
     ("tensorrt", "fp32", RuntimeUnavailable, "unknown backend 'tensorrt'"),
     ("eager", "int4", RuntimeUnavailable, "unknown dtype 'int4'"),
-    ("onnx", "auto", NotImplementedError, "the ONNX backend arrives with `vitkit export onnx`"),
+    ("onnx", "auto", RuntimeUnavailable, "use vitkit.runtime.inference_network"),
 ])
 def test_unknown_or_reserved_choices(backend, dtype, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(")):

@@ -56,14 +56,11 @@ class Model:
         self.net = loaded.net.to(self.device).eval()
         self.spec: PreprocessSpec = loaded.preprocess.at_size(image_size or loaded.preprocess.input_size)
         check_tokens(self.spec.input_size, loaded.net.config.patch_size, "--image-size")
-        if backend == "onnx":  # exported in memory at this size, verified, run by onnxruntime
-            from vitkit.runtime.onnx_backend import onnx_from_network
+        if backend or dtype:  # a fast inference network (vitkit.runtime); without them it stays trainable
+            from vitkit.runtime import inference_network
 
-            self.net = onnx_from_network(loaded.net, self.spec, dtype=dtype, device=self.device, source=loaded.source)
-        elif backend or dtype:  # a fast inference network (vitkit.runtime); the plain one stays trainable
-            from vitkit.runtime import prepare
-
-            self.net = prepare(self.net, backend or "auto", dtype or "auto", self.device)
+            self.net = inference_network(self.net, self.spec, backend or "auto", dtype or "auto", self.device,
+                                         loaded.source)
         self.source = loaded.source
         self.layout = loaded.layout
 
@@ -151,7 +148,7 @@ class Model:
         if self.layout == "onnx":
             raise ValueError(f"{self.source} is an ONNX graph: convert from the original checkpoint instead")
         if format == "onnx":
-            from vitkit.export import export_onnx
+            from vitkit.onnx import export_onnx
 
             export_onnx(self, target, dynamic_batch=True)
             return Path(target)

@@ -323,7 +323,7 @@ def _cmd_convert(args) -> int:
 
 def _cmd_export(args) -> int:
     from vitkit.api import load
-    from vitkit.export import export_onnx
+    from vitkit.onnx import export_onnx
 
     model = load(args.model, args.arch, device="cpu")
     report = export_onnx(model, args.out, image_size=args.image_size, dynamic_batch=args.dynamic_batch,

@@ -15,15 +15,14 @@ Try it:  python -m pytest tests/test_quantize.py -q -k fused
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.export.onnx import INPUT, LOGITS, network_at_size, output_names
 from vitkit.models.vit import VisionTransformer
+from vitkit.onnx.format import LOGITS, output_names
+from vitkit.onnx.graph import Graph, export_graph, network_at_size
+from vitkit.onnx.session import Session
 
 MAX_DIFF = 1e-3
 
@@ -68,48 +67,22 @@ def can_fuse(net: VisionTransformer) -> bool:
     return net.config.rel_pos_bias == "none"
 
 
-class _Graph(nn.Module):
-    """pixels -> (logits?, features, pre_logits), as vitkit.export.onnx's graph."""
-
-    def __init__(self, net: VisionTransformer):
-        super().__init__()
-        self.net = net
-
-    def forward(self, pixels: torch.Tensor):
-        tokens = self.net.forward_features(pixels)  # (B, T, D)
-        outs = [tokens, self.net.forward_head(tokens, pre_logits=True)]
-        if self.net.config.num_classes:
-            outs.insert(0, self.net.forward_head(tokens))  # (B, C)
-        return tuple(outs)
-
-
 def fused_graph(net: VisionTransformer, image_size: int, dynamic_batch: bool, opset: int = 17) -> bytes:
     """The fused fp32 graph of `net` at image_size (raises RuntimeError when it does not match PyTorch)."""
-    import onnxruntime as ort
-
     if not can_fuse(net):
         raise ValueError("attention with a relative position bias (BEiT) is not fused")
     fixed = network_at_size(net, image_size)  # a copy, eval, no grad
     pixels = torch.randn(1, fixed.config.in_chans, image_size, image_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        want = _Graph(fixed).eval()(pixels)  # the reference, before the attention is swapped
+        want = Graph(fixed).eval()(pixels)  # the reference, before the attention is swapped
     for block in fixed.blocks:
         block.attn = FusedAttention(block.attn)
-    graph = _Graph(fixed).eval()
     names = output_names(fixed.config)
-    example = torch.zeros(1, fixed.config.in_chans, image_size, image_size)
-    axes = {name: {0: "batch"} for name in [INPUT] + names} if dynamic_batch else None
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript exporter deprecation, custom-op domain notices
-        torch.onnx.export(graph, (example,), buffer, dynamo=False, input_names=[INPUT], output_names=names,
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
-                          custom_opsets={"com.microsoft": 1})
-    data = buffer.getvalue()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT: pixels.numpy()})
-    for name, g, w in zip(names, got, want):
-        diff = float((torch.from_numpy(g) - w).abs().max())
+    data = export_graph(Graph(fixed).eval(), image_size, fixed.config.in_chans, names, dynamic_batch=dynamic_batch,
+                        opset=opset, custom_opsets={"com.microsoft": 1})
+    got = Session(data).run(pixels, names)
+    for name, w in zip(names, want):
+        diff = float((torch.from_numpy(got[name]) - w).abs().max())
         limit = MAX_DIFF if name == LOGITS else MAX_DIFF * max(1.0, float(w.abs().max()))
         if not diff <= limit:
             raise RuntimeError(f"the fused attention graph differs from PyTorch: {name} max abs diff {diff:.3g}")

@@ -1,7 +1,7 @@
 """INT8 ONNX graphs with onnxruntime's quantizer: only the recipe's weight GEMMs become integer, everything else stays
 float (LayerNorm, softmax and its q k^T input, the attention-weighted sum, GELU, residual adds).
 
-    fp32 graph  `vitkit.export.graph_bytes` of the (smoothed) network: the same graph `vitkit export onnx` writes
+    fp32 graph  `vitkit.onnx.graph.graph_bytes` of the (smoothed) network: the same graph `vitkit export onnx` writes
     sites       each quantizable layer is found in the graph by its weight (MatMul B = W^T, Gemm B = W, Conv W), so
                 the recipe names layers by vitkit module path, not by exporter-generated node names
     dynamic     `quantize_dynamic`: weights int8 (per output channel), activations u8 per call at run time
@@ -52,7 +52,7 @@ def _quiet_ort_logging():
 
 def fp32_graph(net: VisionTransformer, image_size: int, dynamic_batch: bool) -> bytes:
     """The bare fp32 ONNX graph of `net` (pixels -> logits?, features, pre_logits), as `vitkit export onnx` makes it."""
-    from vitkit.export.onnx import graph_bytes
+    from vitkit.onnx.graph import graph_bytes
 
     return graph_bytes(net, image_size, dynamic_batch=dynamic_batch)
 
@@ -143,11 +143,11 @@ def quantize_graph(fp32: bytes, nodes: list[str], recipe: Recipe, calibration: t
 
 def add_metadata(data: bytes, net: VisionTransformer, spec: PreprocessSpec, *, dynamic_batch: bool, source: str,
                  quantization: dict, verification: dict | None = None, dtype: str = "int8") -> bytes:
-    """vitkit's metadata (preprocessing, labels, config: see vitkit.export.onnx) plus `vitkit_quantization` (the
+    """vitkit's metadata (preprocessing, labels, config: see vitkit.onnx.format) plus `vitkit_quantization` (the
     recipe and what was measured), so `vitkit.load("model-int8.onnx")` runs it with the right preprocessing."""
     import onnx
 
-    from vitkit.export.onnx import with_metadata
+    from vitkit.onnx.format import with_metadata
 
     config = net.config.replace(image_size=spec.input_size, drop_path=0.0)
     data = with_metadata(data, config, spec, dtype=dtype, dynamic_batch=dynamic_batch, source=source,

@@ -31,7 +31,8 @@ from vitkit.quantize.build import build_int8
 from vitkit.quantize.data import calibration_pixels, eval_set
 from vitkit.quantize.onnx_int8 import QuantizeError, add_metadata
 from vitkit.quantize.recipe import Recipe, default_recipe
-from vitkit.quantize.report import OrtRunner, compare, markdown, measure_speed, transformers_runner
+from vitkit.onnx.session import Session
+from vitkit.quantize.report import compare, markdown, measure_speed, transformers_runner
 
 METHODS = ("dynamic", "static", "fp16")
 BACKENDS = ("onnx", "torch")
@@ -114,7 +115,7 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
         report["recipe_text"] = "fp16 graph (inputs and outputs float32), for GPUs"
 
     # 2. the quantized graph, and the fp32 graph it is measured against
-    from vitkit.export.onnx import graph_bytes
+    from vitkit.onnx.graph import graph_bytes
 
     fp32 = graph_bytes(net, spec.input_size, dynamic_batch=True)
     if method == "fp16":
@@ -131,9 +132,9 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
     say(f"built: {report['size_mb']['quantized']} MB (fp32 {report['size_mb']['fp32']} MB)")
 
     # 3. evaluation
-    ref_run = OrtRunner(fp32)
+    ref_run = Session(fp32)
     try:
-        q_run = OrtRunner(quantized)
+        q_run = Session(quantized)
     except Exception as err:  # fp16 graphs onnxruntime's CPU provider cannot run
         q_run = None
         report["notes"].append(f"onnxruntime (CPU) cannot run the quantized graph: {str(err).splitlines()[0][:160]}")

@@ -17,34 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitkit.export.onnx import INPUT, LOGITS, PRE_LOGITS
-
-
-# -- running an ONNX graph -----------------------------------------------------------------------------------
-class OrtRunner:
-    """An onnxruntime CPU session over graph bytes; a batch-1 graph is run one image at a time."""
-
-    def __init__(self, data: bytes, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self.batch_one = self.session.get_inputs()[0].shape[0] == 1
-
-    def __call__(self, pixels: np.ndarray | torch.Tensor, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        x = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        names = names or self.outputs
-        step = 1 if self.batch_one else 32
-        parts = [self.session.run(names, {INPUT: x[i:i + step]}) for i in range(0, len(x), step)]
-        return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
+from vitkit.onnx.format import LOGITS, PRE_LOGITS
+from vitkit.onnx.session import Session
 
 
 # -- quality ---------------------------------------------------------------------------------------------------
-def compare(fp32: OrtRunner, int8: OrtRunner, pixels: torch.Tensor, targets: list[int] | None,
+def compare(fp32: Session, int8: Session, pixels: torch.Tensor, targets: list[int] | None,
             names: list[str] | None = None, labels: tuple[str, ...] = ()) -> dict:
     """Top-1 agreement of the quantized graph with fp32, accuracy of each on `targets` (None: unlabelled), the flips with fp32's
     own margin between the two classes, and the cosine similarity of the embeddings (`pre_logits`)."""

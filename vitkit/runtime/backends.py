@@ -8,7 +8,8 @@
                         (12-30 s on 2 cores); smaller batches are padded up to the first batch size seen,
                         larger ones split into chunks of it, so that a stream of batches compiles once.
                         Memory: inductor keeps its own packed constants besides the module's weights.
-             "onnx"     reserved: arrives with `vitkit export onnx`.
+             "onnx"     not a way to prepare this network: an onnxruntime session replaces it
+                        (`vitkit.runtime.inference_network`, vitkit.runtime.onnx_backend).
              "auto"     "eager".
     dtype    "fp32" | "bf16" (CPU with native bf16 instructions, or a GPU that has it) | "fp16" (GPU only)
              "auto": fp32 on a CPU (fast and within 1e-4 of the plain network), bf16 on a GPU that supports it,
@@ -87,14 +88,15 @@ def _device(device: torch.device | str | None) -> torch.device:
 def resolve(backend: str = "auto", dtype: str = "auto", device: torch.device | str | None = None
             ) -> tuple[str, str, torch.device]:
     """Check a backend/dtype request against this machine: -> (backend, dtype, device), "auto" resolved.
-    Raises RuntimeUnavailable (or NotImplementedError for "onnx") with the reason."""
+    Raises RuntimeUnavailable with the reason."""
     device = _device(device)
     if backend not in BACKENDS:
         raise RuntimeUnavailable(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
         raise RuntimeUnavailable(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if backend == "onnx":
-        raise NotImplementedError("the ONNX backend arrives with `vitkit export onnx`")
+        raise RuntimeUnavailable("the onnx backend replaces the network with an onnxruntime session instead of "
+                                 "preparing it: use vitkit.runtime.inference_network or vitkit.load(..., backend='onnx')")
     backend = "eager" if backend == "auto" else backend
     if device.type not in ("cpu", "cuda"):
         raise RuntimeUnavailable(f"device {device} is not supported: use cpu or cuda")
@@ -113,13 +115,13 @@ def resolve(backend: str = "auto", dtype: str = "auto", device: torch.device | s
 
 
 def available(device: torch.device | str | None = "cpu") -> list[tuple[str, str]]:
-    """Every (backend, dtype) pair that runs on `device` here (onnx excluded until it exists)."""
+    """Every (backend, dtype) pair of the PyTorch backends that runs on `device` here."""
     pairs = []
     for backend in ("eager", "compile"):
         for dtype in ("fp32", "bf16", "fp16"):
             try:
                 resolve(backend, dtype, device)
-            except (RuntimeUnavailable, NotImplementedError):
+            except RuntimeUnavailable:
                 continue
             pairs.append((backend, dtype))
     return pairs

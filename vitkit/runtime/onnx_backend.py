@@ -27,25 +27,22 @@ import torch
 from torch import nn
 
 from vitkit.config import PreprocessSpec, ViTConfig
-from vitkit.export.onnx import (
-    FEATURES, LOGITS, PRE_LOGITS, OnnxMetadata, export_bytes, metadata_from_props, run_graph,
-)
+from vitkit.onnx.export import export_bytes
+from vitkit.onnx.format import FEATURES, LOGITS, PRE_LOGITS, OnnxMetadata, metadata_from_props
+from vitkit.onnx.session import Session
 from vitkit.runtime.backends import RuntimeInfo, RuntimeUnavailable
 
 POOLS = ("cls", "mean", "tokens", "prelogits")
 
 
-def _providers(device: torch.device) -> list:
+def _check_device(device: torch.device) -> None:
     import onnxruntime as ort
 
-    if device.type == "cpu":
-        return ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeUnavailable("the onnx backend on a GPU needs onnxruntime-gpu (CUDAExecutionProvider); this "
-                                     f"onnxruntime has only {', '.join(ort.get_available_providers())}")
-        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-    raise RuntimeUnavailable(f"device {device} is not supported by the onnx backend: use cpu or cuda")
+    if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeUnavailable("the onnx backend on a GPU needs onnxruntime-gpu (CUDAExecutionProvider); this "
+                                 f"onnxruntime has only {', '.join(ort.get_available_providers())}")
+    if device.type not in ("cpu", "cuda"):
+        raise RuntimeUnavailable(f"device {device} is not supported by the onnx backend: use cpu or cuda")
 
 
 class OnnxNet(nn.Module):
@@ -54,22 +51,18 @@ class OnnxNet(nn.Module):
     def __init__(self, model: str | Path | bytes, device: str | torch.device = "cpu", threads: int | None = None,
                  source: str | None = None):
         super().__init__()
-        import onnxruntime as ort
-
         device = torch.device(device)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        where = model if isinstance(model, (bytes, bytearray)) else str(model)
-        self.session = ort.InferenceSession(where, options, providers=_providers(device))
+        _check_device(device)
+        self.graph = Session(model, device, threads)
+        self.session = self.graph.session
         name = source or ("<in-memory ONNX graph>" if isinstance(model, (bytes, bytearray)) else str(model))
         self.meta: OnnxMetadata = metadata_from_props(dict(self.session.get_modelmeta().custom_metadata_map), name)
         self.config: ViTConfig = self.meta.config
         self.spec: PreprocessSpec = self.meta.preprocess
         self.source = name
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.outputs = self.graph.outputs
         self.input_shape = self.session.get_inputs()[0].shape  # ['batch' or 1, 3, S, S]
-        self.dynamic_batch = not isinstance(self.input_shape[0], int)
+        self.dynamic_batch = self.graph.dynamic_batch
         self.runtime = RuntimeInfo("onnx", self.meta.dtype, str(device), packed=False)
         self._device = device
 
@@ -95,7 +88,7 @@ class OnnxNet(nn.Module):
             raise ValueError(f"this ONNX graph takes pixels (B, {channels}, {size}, {size}), got {tuple(x.shape)}: it "
                              f"was exported at {size} px; export another file for another size "
                              "(vitkit export onnx --image-size N)")
-        return run_graph(self.session, x, self.dynamic_batch, names or self.outputs)
+        return self.graph.run(x, names or self.outputs)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> logits (B, num_classes), float32 on the CPU."""
