@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 TIMM   := timm==1.0.31
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -q
+
+# the edit loop: everything but the tests marked slow (real models, full-size parity, subprocess suites)
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # side-by-side against transformers / timm / onnxruntime; about 12 minutes (BENCH_ARGS=--quick for less)
 bench: $(VENV)/.test

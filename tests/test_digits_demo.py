@@ -89,6 +89,7 @@ def test_the_demo_scans_come_from_the_test_split(examples):
         assert (demo.scan(digit) == x_test[first]).all(), digit
 
 
+@pytest.mark.slow
 def test_make_demo_runs_offline_and_prints_meaningful_labels(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run([sys.executable, str(EXAMPLES / "demo.py")], cwd=tmp_path, env=env, capture_output=True,

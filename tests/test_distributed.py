@@ -93,6 +93,7 @@ def two_ranks_embed(can_torchrun, folder, saved, tmp_path_factory):
     return out, err
 
 
+@pytest.mark.slow
 def test_two_ranks_embed_equals_one_process(two_ranks_embed, single, report):
     out, err = two_ranks_embed
     array, rows, settings = read_embeddings(out)

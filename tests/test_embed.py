@@ -67,6 +67,7 @@ def deit():
     return vitkit.load(str(WEIGHTS), arch="deit_tiny_patch16_224"), [str(p) for p in photos]
 
 
+@pytest.mark.slow
 def test_deit_tiny_embeddings_equal_transformers_vit_model(deit, tmp_path, report):
     model, photos = deit
     folder = model.save(tmp_path / "deit-hf", format="hf")

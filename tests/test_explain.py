@@ -398,6 +398,7 @@ def test_real_deit_tiny_rollout_on_a_photo(deit_tiny, monkeypatch, tmp_path, rep
     assert fish > 1.3 * background
 
 
+@pytest.mark.slow
 def test_real_deit_tiny_maps_over_100_photos(deit_tiny, report):
     """Measured, not asserted beyond sanity: how often rollout peaks off the border ring and how its mass sits
     in the centre, over all 100 photos (ImageNet objects are often but not always centred)."""

@@ -665,6 +665,7 @@ def _probe(data: Path, out: Path, model: str | None) -> dict:
     return probe
 
 
+@pytest.mark.slow
 def test_linear_probe_of_real_deit_tiny_beats_chance_and_reloads_in_transformers(dogs, tmp_path, report):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "probe"

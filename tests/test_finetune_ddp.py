@@ -125,6 +125,7 @@ def _compare(single: Path, ddp: Path, label: str, report) -> None:
     assert (ddp / "model.safetensors").is_file() and (ddp / "curves.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_two_ranks_follow_the_single_process_run(can_torchrun, images, base, single, tmp_path, report):
     out = tmp_path / "ddp"
     result = torchrun(["-m", "vitkit", *args(images, base, out)], tmp_path)
@@ -132,6 +133,7 @@ def test_two_ranks_follow_the_single_process_run(can_torchrun, images, base, sin
     _compare(single, out, "2 ranks x 4", report)
 
 
+@pytest.mark.slow
 def test_two_ranks_with_gradient_accumulation(can_torchrun, images, base, single, tmp_path, report):
     out = tmp_path / "ddp-accum"
     result = torchrun(["-m", "vitkit", *args(images, base, out, "--grad-accum", "2")], tmp_path)

@@ -217,6 +217,7 @@ def test_names_that_are_not_utf8_or_hold_a_newline(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 10: workers die with their parent
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["embed", "index"])
 def test_workers_die_with_their_parent(tmp_path, command):
     folder = tmp_path / "photos"
@@ -371,6 +372,7 @@ def test_bad_service_settings_are_refused_at_start(tmp_path, extra):
     assert result["rc"] == 2 and f"argument {extra[0]}" in result["stderr"] and "Traceback" not in result["stderr"]
 
 
+@pytest.mark.slow
 def test_a_second_first_time_index_add_is_one_line_and_a_reader_sees_later_commits(tmp_path):
     from vitkit.index import ImageIndex
     from vitkit.index.store import WRITE_LOCK

@@ -43,6 +43,7 @@ def committed_rows(db) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_during_add_then_rerun(tmp_path, report):
     photos = tmp_path / "photos"
     originals = write_images(photos, FILES - COPIES, seed=0, side=8)

@@ -294,6 +294,7 @@ def test_backend_from_network_and_bench():
 
 
 # -- real weights, real photos ---------------------------------------------------------------------------
+@pytest.mark.slow
 @needs_weights
 def test_real_deit_tiny_100_photos(tmp_path, report):
     model = vitkit.load(str(WEIGHTS), arch="deit_tiny_patch16_224")

@@ -422,6 +422,7 @@ SKIP_LARGE = os.environ.get("VITKIT_SKIP_LARGE") == "1"
     pytest.param(name, marks=pytest.mark.skipif(name == "vit-l16-384" and SKIP_LARGE,
                                                 reason="VITKIT_SKIP_LARGE=1: L/16@384 skipped (~9-30 s here)"))
     for name in FULL])
+@pytest.mark.slow
 def test_full_size(name, tmp_path, randomise):
     cls, config, fields, sides = FULL[name]
     start = time.perf_counter()

@@ -204,6 +204,7 @@ FULL = [  # timm name (== vitkit arch row), other input sizes checked beside the
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, other_sizes", FULL, ids=[n for n, _ in FULL])
 def test_full_size_random_weights(tmp_path, name, other_sizes):
     ref = create_reference(name, seed=0)

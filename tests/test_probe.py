@@ -147,6 +147,7 @@ def probe_and_finetune(data: Path, tmp: Path, model_args: list[str], report, wha
     assert saved_val.mean() == pytest.approx(best)  # the folder holds the best model, not the last
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEIT.is_file(), reason=f"needs the real DeiT-Ti at {DEIT} (absent in a fresh clone)")
 def test_real_deit_tiny_probe_matches_sklearn_and_lp_ft_keeps_it(tmp_path, report):
     data = write_digits(tmp_path / "digits", str, SPLITS)
@@ -154,6 +155,7 @@ def test_real_deit_tiny_probe_matches_sklearn_and_lp_ft_keeps_it(tmp_path, repor
                        "real DeiT-Ti on digits (10 classes, 240 train / 120 val / 120 test)", 0.1)
 
 
+@pytest.mark.slow
 def test_second_architecture_digits_vit_on_a_new_task(tmp_path, report):
     data = write_digits(tmp_path / "mod3", lambda d: f"mod3_{d % 3}", {"train": 60, "val": 30, "test": 30}, 50.0)
     probe_and_finetune(data, tmp_path, ["--model", DIGITS_MODEL], report,

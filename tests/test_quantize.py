@@ -337,6 +337,7 @@ def test_fp16(tmp_path):
 # -- the real DeiT-Tiny -----------------------------------------------------------------------------------------
 @pytest.mark.skipif(not (WEIGHTS.is_file() and (PHOTOS / "labels.csv").is_file()),
                     reason="../shared/weights/deit-tiny-patch16-224 or its photos are not here")
+@pytest.mark.slow
 def test_real_deit_tiny_default_recipe(tmp_path, report):
     """Two folds (even and odd rows of labels.csv): each model is calibrated on one fold and gated on the other, so
     all 100 answers are out of sample; the acceptance target (>= 97% top-1 agreement with fp32) is on the pooled 100."""

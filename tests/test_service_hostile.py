@@ -74,6 +74,7 @@ def classify_ok(url: str) -> bool:
     return response.status_code == 200 and len(response.json()["top_k"]) > 0
 
 
+@pytest.mark.slow
 def test_the_server_survives_an_attack_and_keeps_serving(server, tmp_path, report):
     process, url = server
     assert classify_ok(url)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from service_support import DIGITS
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
@@ -28,6 +30,7 @@ def load_benchmark():
     return module
 
 
+@pytest.mark.slow
 def test_2000_requests_from_16_clients_with_and_without_batching(report):
     bench = load_benchmark()
     result = bench.compare(["--model", str(DIGITS)], bench.posted_image(None), requests=REQUESTS,

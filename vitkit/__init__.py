@@ -8,9 +8,10 @@
 """
 
 from vitkit.api import Model, Prediction, load
+from vitkit.version import VERSION
 
 __all__ = ["Model", "Prediction", "classify_to_file", "embed_to_file", "load"]
-__version__ = "0.1.0"
+__version__ = VERSION
 
 _LAZY = {"classify_to_file": "vitkit.tasks.classify", "embed_to_file": "vitkit.tasks.embed"}
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitkit.config import PreprocessSpec, ViTConfig
+from vitkit.version import VERSION
 
 INPUT = "pixels"
 LOGITS, FEATURES, PRE_LOGITS = "logits", "features", "pre_logits"
@@ -65,8 +66,6 @@ def with_metadata(data: bytes, config: ViTConfig, spec: PreprocessSpec, *, dtype
     """`data` with vitkit's metadata_props (replacing any earlier ones) and producer fields."""
     import onnx
 
-    import vitkit
-
     model = onnx.load_from_string(data)
     cfg = config.to_dict()
     labels = cfg.pop("labels")
@@ -80,7 +79,7 @@ def with_metadata(data: bytes, config: ViTConfig, spec: PreprocessSpec, *, dtype
                                                              size, size], "dtype": "float32"}),
         "vitkit_dtype": dtype,
         "vitkit_source": source,
-        "vitkit_version": vitkit.__version__,
+        "vitkit_version": VERSION,
     }
     if verification is not None:
         props["vitkit_verification"] = json.dumps(verification)
@@ -89,7 +88,7 @@ def with_metadata(data: bytes, config: ViTConfig, spec: PreprocessSpec, *, dtype
     model.metadata_props.extend(kept)
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
-    model.producer_name, model.producer_version = "vitkit", vitkit.__version__
+    model.producer_name, model.producer_version = "vitkit", VERSION
     model.doc_string = (f"vitkit {config.family} {config.width}w/{config.depth}d/patch{config.patch_size} at "
                         f"{size} px from {source}; preprocessing and labels in metadata_props (vitkit_*)")
     return model.SerializeToString()

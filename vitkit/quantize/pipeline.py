@@ -27,11 +27,12 @@ import torch
 
 from vitkit.checkpoints.io import write_atomic_bytes, write_atomic_text
 from vitkit.data.sources import expand_inputs
+from vitkit.onnx.graph import graph_bytes
+from vitkit.onnx.session import Session
 from vitkit.quantize.build import build_int8
 from vitkit.quantize.data import calibration_pixels, eval_set
 from vitkit.quantize.onnx_int8 import QuantizeError, add_metadata
 from vitkit.quantize.recipe import Recipe, default_recipe
-from vitkit.onnx.session import Session
 from vitkit.quantize.report import compare, markdown, measure_speed, transformers_runner
 
 METHODS = ("dynamic", "static", "fp16")
@@ -82,41 +83,65 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
     if max_drop < 0:
         raise ValueError(f"max_drop must be >= 0 points, got {max_drop}")
     net, spec = model.net, model.spec
-    labels = tuple(model.labels)
     started = time.perf_counter()
     report: dict = {"model": str(getattr(model, "source", "")), "method": method, "backend": "onnx",
                     "image_size": spec.input_size, "notes": []}
-
-    # 1. evaluation images, then calibration images that are not among them
-    ev = eval_set(eval_folder, labels) if eval_folder else None
-    eval_paths = ev.paths if ev else []
-    calibration, calib_paths, report["calibration"] = None, [], None
-    if method != "fp16":
-        recipe = recipe or default_recipe(method)
-        if recipe.method != method:
-            raise ValueError(f"recipe is {recipe.method} but method is {method}")
-        if calib:
-            calibration, calib_paths = calibration_pixels(calib, spec, views=calib_views, max_images=max_calib_images,
-                                                          exclude=set(eval_paths))
-            left_out = len(_resolved(expand_inputs(list(calib))) & _resolved(eval_paths))
-            report["calibration"] = {"source": ", ".join(map(str, calib)), "images": len(calib_paths),
-                                     "views": calib_views, "inputs": int(len(calibration)),
-                                     "evaluation_images_left_out": left_out}
-            say(f"calibration: {len(calib_paths)} images x {calib_views} views"
-                + (f" ({left_out} evaluation images left out)" if left_out else ""))
-        elif recipe.method == "static":
-            raise QuantizeError("static INT8 needs calibration images: --calib FOLDER (not the evaluation images)")
-        elif recipe.smooth_alpha is not None:
-            recipe = recipe.replace(smooth_alpha=None)
-            report["notes"].append("no --calib images: SmoothQuant was skipped (it needs activation statistics)")
-        report["recipe"] = recipe.to_dict()
-        report["recipe_text"] = recipe.describe()
+    ev = eval_set(eval_folder, tuple(model.labels)) if eval_folder else None
+    recipe, calibration = _calibrate(report, method, recipe, spec, calib, calib_views, max_calib_images,
+                                     ev.paths if ev else [], say)
+    fp32, quantized, dynamic_batch = _build(report, net, spec, method, recipe, calibration, say)
+    ref_run, q_run = _sessions(report, fp32, quantized)
+    _evaluate(report, model, ev, eval_folder, ref_run, q_run, say)
+    if speed and q_run is not None:
+        _speed(report, net, spec, method, ref_run, q_run, speed_rounds, quiet_wait_s, compare_transformers, say)
     else:
+        report["speed"] = None
+    gate = _gate(report, max_drop, force)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["out"], report["written"] = (str(out) if out else None), False
+    if not gate["passed"] and not force:
+        why = (f"accuracy would drop by {gate['drop_points']} points ({gate['measure']}), more than the allowed "
+               f"{max_drop}" if gate["drop_points"] is not None else
+               "no evaluation images to check the accuracy on (give --eval FOLDER)")
+        _write_md(report, report_md)
+        raise QuantizationRefused(f"refused to write {out or 'the quantized model'}: {why}; use --force to write it "
+                                  "anyway", report)
+    if out:
+        _write(report, quantized, net, spec, method, dynamic_batch, out)
+    _write_md(report, report_md)
+    return report
+
+
+# -- the phases: each adds its part of the report ---------------------------------------------------------------
+def _calibrate(report, method, recipe, spec, calib, views, max_images, eval_paths, say):
+    """1. The recipe, and calibration pixels from --calib images that are not evaluation images."""
+    calibration, report["calibration"] = None, None
+    if method == "fp16":
         report["recipe_text"] = "fp16 graph (inputs and outputs float32), for GPUs"
+        return None, None
+    recipe = recipe or default_recipe(method)
+    if recipe.method != method:
+        raise ValueError(f"recipe is {recipe.method} but method is {method}")
+    if calib:
+        calibration, calib_paths = calibration_pixels(calib, spec, views=views, max_images=max_images,
+                                                      exclude=set(eval_paths))
+        left_out = len(_resolved(expand_inputs(list(calib))) & _resolved(eval_paths))
+        report["calibration"] = {"source": ", ".join(map(str, calib)), "images": len(calib_paths), "views": views,
+                                 "inputs": int(len(calibration)), "evaluation_images_left_out": left_out}
+        say(f"calibration: {len(calib_paths)} images x {views} views"
+            + (f" ({left_out} evaluation images left out)" if left_out else ""))
+    elif recipe.method == "static":
+        raise QuantizeError("static INT8 needs calibration images: --calib FOLDER (not the evaluation images)")
+    elif recipe.smooth_alpha is not None:
+        recipe = recipe.replace(smooth_alpha=None)
+        report["notes"].append("no --calib images: SmoothQuant was skipped (it needs activation statistics)")
+    report["recipe"] = recipe.to_dict()
+    report["recipe_text"] = recipe.describe()
+    return recipe, calibration
 
-    # 2. the quantized graph, and the fp32 graph it is measured against
-    from vitkit.onnx.graph import graph_bytes
 
+def _build(report, net, spec, method, recipe, calibration, say) -> tuple[bytes, bytes, bool]:
+    """2. The quantized graph, and the fp32 graph it is measured against."""
     fp32 = graph_bytes(net, spec.input_size, dynamic_batch=True)
     if method == "fp16":
         quantized, dynamic_batch = graph_bytes(net, spec.input_size, dynamic_batch=True, dtype="fp16"), True
@@ -130,46 +155,52 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
     report["size_mb"] = {"fp32": _size_mb(fp32), "quantized": _size_mb(quantized),
                          "ratio": round(len(quantized) / len(fp32), 3)}
     say(f"built: {report['size_mb']['quantized']} MB (fp32 {report['size_mb']['fp32']} MB)")
+    return fp32, quantized, dynamic_batch
 
-    # 3. evaluation
-    ref_run = Session(fp32)
+
+def _sessions(report, fp32: bytes, quantized: bytes) -> tuple[Session, Session | None]:
+    reference = Session(fp32)
     try:
-        q_run = Session(quantized)
+        return reference, Session(quantized)
     except Exception as err:  # fp16 graphs onnxruntime's CPU provider cannot run
-        q_run = None
         report["notes"].append(f"onnxruntime (CPU) cannot run the quantized graph: {str(err).splitlines()[0][:160]}")
-    if ev is not None and q_run is not None:
-        pixels = model.preprocess(eval_paths)
-        result = compare(ref_run, q_run, pixels, ev.targets, eval_paths, labels)
-        report["eval"] = {"folder": str(eval_folder), "labels_from": ev.labels_from, **result}
-        say(f"evaluation: agreement {result.get('top1_agreement')}, accuracy {result.get('accuracy')}")
-    else:
-        report["eval"] = None
+        return reference, None
 
-    # 4. speed
-    report["speed"] = None
-    if speed and q_run is not None:
-        x = torch.randn(1, net.config.in_chans, spec.input_size, spec.input_size,
-                        generator=torch.Generator().manual_seed(0))
-        runners = {"onnxruntime fp32": lambda p: ref_run(p, ["logits"] if "logits" in ref_run.outputs else None),
-                   f"onnxruntime {method}": lambda p: q_run(p, ["logits"] if "logits" in q_run.outputs else None)}
-        skipped = {}
-        if compare_transformers:
-            hf = transformers_runner(net, spec)
-            if callable(hf):
-                runners["transformers sdpa fp32"] = hf
-            else:
-                skipped["transformers sdpa fp32"] = hf
-        say("speed: measuring (waits for a quiet machine)")
-        sp = measure_speed(runners, x, rounds=speed_rounds, quiet_wait_s=quiet_wait_s, baseline="onnxruntime fp32")
-        sp["skipped"] = skipped
-        ratios = sp.get("speedup", {})
-        sp["vs_fp32_onnxruntime"] = ratios.get(f"onnxruntime {method}")
-        if "transformers sdpa fp32" in ratios and ratios["transformers sdpa fp32"]:
-            sp["vs_transformers_sdpa"] = round(ratios[f"onnxruntime {method}"] / ratios["transformers sdpa fp32"], 2)
-        report["speed"] = sp
 
-    # 5. the gate
+def _evaluate(report, model, ev, eval_folder, ref_run, q_run, say) -> None:
+    """3. Top-1 agreement with the fp32 graph, accuracy of both on the labels, embedding cosine."""
+    report["eval"] = None
+    if ev is None or q_run is None:
+        return
+    result = compare(ref_run, q_run, model.preprocess(ev.paths), ev.targets, ev.paths, tuple(model.labels))
+    report["eval"] = {"folder": str(eval_folder), "labels_from": ev.labels_from, **result}
+    say(f"evaluation: agreement {result.get('top1_agreement')}, accuracy {result.get('accuracy')}")
+
+
+def _speed(report, net, spec, method, ref_run, q_run, rounds, quiet_wait_s, compare_transformers, say) -> None:
+    """4. Model-only speed at batch 1: fp32 graph, quantized graph, transformers (sdpa, fp32), in one run."""
+    x = torch.randn(1, net.config.in_chans, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
+    runners = {"onnxruntime fp32": lambda p: ref_run(p, ["logits"] if "logits" in ref_run.outputs else None),
+               f"onnxruntime {method}": lambda p: q_run(p, ["logits"] if "logits" in q_run.outputs else None)}
+    skipped = {}
+    if compare_transformers:
+        hf = transformers_runner(net, spec)
+        if callable(hf):
+            runners["transformers sdpa fp32"] = hf
+        else:
+            skipped["transformers sdpa fp32"] = hf
+    say("speed: measuring (waits for a quiet machine)")
+    sp = measure_speed(runners, x, rounds=rounds, quiet_wait_s=quiet_wait_s, baseline="onnxruntime fp32")
+    sp["skipped"] = skipped
+    ratios = sp.get("speedup", {})
+    sp["vs_fp32_onnxruntime"] = ratios.get(f"onnxruntime {method}")
+    if "transformers sdpa fp32" in ratios and ratios["transformers sdpa fp32"]:
+        sp["vs_transformers_sdpa"] = round(ratios[f"onnxruntime {method}"] / ratios["transformers sdpa fp32"], 2)
+    report["speed"] = sp
+
+
+def _gate(report, max_drop: float, force: bool) -> dict:
+    """5. The accuracy drop in points (or the top-1 disagreement without labels) against max_drop."""
     gate = {"max_drop": max_drop, "forced": force}
     if report["eval"] and report["eval"].get("accuracy"):
         gate.update(measure="accuracy", drop_points=report["eval"]["accuracy"]["drop_points"])
@@ -180,30 +211,20 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
         gate.update(measure="none (no evaluation images)", drop_points=None)
     gate["passed"] = gate["drop_points"] is not None and gate["drop_points"] <= max_drop
     report["gate"] = gate
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    report["out"], report["written"] = (str(out) if out else None), False
+    return gate
 
-    if not gate["passed"] and not force:
-        why = (f"accuracy would drop by {gate['drop_points']} points ({gate['measure']}), more than the allowed "
-               f"{max_drop}" if gate["drop_points"] is not None else
-               "no evaluation images to check the accuracy on (give --eval FOLDER)")
-        _write_md(report, report_md)
-        raise QuantizationRefused(f"refused to write {out or 'the quantized model'}: {why}; use --force to write it "
-                                  "anyway", report)
 
-    # 6. the file
-    if out:
-        summary = {k: report.get(k) for k in ("method", "recipe", "recipe_text", "layers", "size_mb", "gate")}
-        if report["eval"]:
-            summary["eval"] = {k: report["eval"].get(k) for k in ("folder", "images", "top1_agreement", "accuracy",
-                                                                   "embedding_cosine")}
-        data = add_metadata(quantized, net, spec, dynamic_batch=dynamic_batch, source=report["model"],
-                            quantization=summary, dtype="fp16" if method == "fp16" else "int8")
-        write_atomic_bytes(data, out)
-        report["written"] = True
-        report["size_mb"]["file"] = _size_mb(data)
-    _write_md(report, report_md)
-    return report
+def _write(report, quantized: bytes, net, spec, method, dynamic_batch: bool, out: str) -> None:
+    """6. The file, atomically, with vitkit's metadata and the quantization summary."""
+    summary = {k: report.get(k) for k in ("method", "recipe", "recipe_text", "layers", "size_mb", "gate")}
+    if report["eval"]:
+        summary["eval"] = {k: report["eval"].get(k) for k in ("folder", "images", "top1_agreement", "accuracy",
+                                                               "embedding_cosine")}
+    data = add_metadata(quantized, net, spec, dynamic_batch=dynamic_batch, source=report["model"],
+                        quantization=summary, dtype="fp16" if method == "fp16" else "int8")
+    write_atomic_bytes(data, out)
+    report["written"] = True
+    report["size_mb"]["file"] = _size_mb(data)
 
 
 def _write_md(report: dict, path: str | None) -> None:

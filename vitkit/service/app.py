@@ -20,13 +20,13 @@ from fastapi import FastAPI, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
-import vitkit
 from vitkit.api import VECTOR_POOLS
 from vitkit.service import errors
 from vitkit.service.engine import Engine
 from vitkit.service.limits import BodyLimit
 from vitkit.service.metrics import CountRequests, Metrics
 from vitkit.service.routes import Limits, Service, api, probes
+from vitkit.version import VERSION
 
 # the page's files: a fixed table, so no part of a request URL ever names a file
 PAGE = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -56,7 +56,7 @@ def create_app(engine: Engine, index=None, api_key: str | None = None, *, pool: 
         yield
         await run_in_threadpool(engine.close)
 
-    app = FastAPI(title="vitkit", version=vitkit.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="vitkit", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Classify, embed and search images with a Vision Transformer.")
     app.state.service = service
     app.state.metrics = Metrics(engine)
