@@ -236,8 +236,8 @@ def _cli_section(model, photos: Path, rows: list[dict]) -> list[str]:
                           log=lambda msg: print(f"  {msg}", flush=True))
     report["eval"]["folder"] = "50 held-out photos (even rows of ../shared/images labels.csv)"
     report["calibration"]["source"] = "the 50 other photos (odd rows)"
-    report["out"] = "deit-tiny-int8.onnx"
-    report["model"] = f"DeiT-Tiny ({Path(report['model']).parent.name})"
+    report.out = "deit-tiny-int8.onnx"
+    report.model = f"DeiT-Tiny ({Path(report.model).parent.name})"
     page = markdown(report).splitlines()
     page[0] = "## What `vitkit quantize` prints (default recipe, " + page[0].removeprefix("# ") + ")"
     return ["", *page]

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 
 from vitkit import arguments as A
@@ -54,8 +55,26 @@ def _batch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with two additions, both decided while parsing (argv is never rewritten):
+    - values like `-1,-4` (block indices) are values, not options: no option of vitkit looks like a number;
+    - `modes`: a first word that hands the rest to another parser (`vitkit eval retrieval FOLDER` is parsed by
+      the eval-retrieval command, while `vitkit eval FOLDER` stays classification).
+    Every subparser is a _Parser too (argparse makes subparsers of the parent's class)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.modes: dict[str, argparse.ArgumentParser] = {}
+        self._negative_number_matcher = re.compile(r"^-\d+(,-?\d+)*$|^-\d*\.\d+$")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args and args[0] in self.modes:
+            return self.modes[args[0]].parse_known_args(args[1:], namespace)
+        return super().parse_known_args(args, namespace)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitkit", description="Vision Transformers: classify, convert, list.")
+    parser = _Parser(prog="vitkit", description="Vision Transformers: classify, convert, list.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="list named models and architectures")
@@ -96,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
     evaluate = sub.add_parser("eval", help="top-1/top-5 on a labelled folder (ImageNet layouts too), beside "
-                              "the checkpoint's published accuracy")
+                              "the checkpoint's published accuracy",
+                              epilog="`vitkit eval retrieval FOLDER ...` scores retrieval instead (see "
+                                     "`vitkit eval-retrieval --help`).")
     evaluate.add_argument("data", metavar="DATA", help="class folders (names, synsets n01440764/, numbers 0/), "
                           "its val/ when it has one, or a flat folder with a labels file")
     _model_args(evaluate)
@@ -139,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name in FEATURE_CLIS:
         importlib.import_module(name).add_commands(sub, _model_args, _runtime_args)
+    evaluate.modes["retrieval"] = sub.choices["eval-retrieval"]
     _show_defaults(parser)
     return parser
 
@@ -162,9 +184,6 @@ FEATURE_CLIS = ("vitkit.quantize.cli", "vitkit.explain.cli", "vitkit.index.cli",
 EXTRAS = {"lancedb": "index", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve",
           "prometheus_client": "serve", "onnx": "onnx", "onnxruntime": "onnx", "pyarrow": "parquet",
           "matplotlib": "train"}
-
-# `vitkit eval retrieval FOLDER` is the command "eval-retrieval" (`vitkit eval FOLDER` stays classification)
-_SUBCOMMAND_ALIASES = {("eval", "retrieval"): "eval-retrieval"}
 
 
 def _int_list(text: str) -> list[int]:
@@ -349,25 +368,8 @@ COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embe
             "info": _cmd_info}
 
 
-def _attach_negative_values(argv: list[str], options: tuple[str, ...] = ("--layers",)) -> list[str]:
-    """`--layers -1,-4` -> `--layers=-1,-4`: argparse would read '-1,-4' as an unknown option."""
-    out: list[str] = []
-    for arg in argv:
-        if out and out[-1] in options and arg.startswith("-"):
-            out[-1] = f"{out[-1]}={arg}"
-        else:
-            out.append(arg)
-    return out
-
-
-def _apply_aliases(argv: list[str]) -> list[str]:
-    alias = _SUBCOMMAND_ALIASES.get(tuple(argv[:2]))
-    return [alias, *argv[2:]] if alias else argv
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = _apply_aliases(_attach_negative_values(sys.argv[1:] if argv is None else argv))
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     handler = getattr(args, "handler", None) or COMMANDS[args.command]
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 are printed as their bytes
         if hasattr(stream, "reconfigure"):

@@ -15,7 +15,7 @@ GELU always in float.
     onnx_int8.py   onnxruntime quantization of the chosen nodes; metadata
     build.py       network + recipe + calibration pixels -> INT8 graph
     data.py        calibration views, labelled evaluation folders
-    report.py      agreement / accuracy / cosine, speed, markdown
+    report.py      QuantizationReport; agreement / accuracy / cosine, speed, markdown
     pipeline.py    quantize(): all of the above plus the accuracy gate and the file
 
 Try it:  python benchmarks/quantize.py --quick
@@ -24,7 +24,8 @@ Try it:  python benchmarks/quantize.py --quick
 from vitkit.quantize.onnx_int8 import QuantizeError, read_quantization
 from vitkit.quantize.pipeline import METHODS, QuantizationRefused, quantize
 from vitkit.quantize.recipe import RECIPES, Recipe, default_recipe
-from vitkit.quantize.report import markdown
+from vitkit.quantize.report import QuantizationReport, markdown
 
-__all__ = ["METHODS", "RECIPES", "QuantizationRefused", "QuantizeError", "Recipe", "default_recipe", "markdown",
+__all__ = ["METHODS", "RECIPES", "QuantizationRefused", "QuantizationReport", "QuantizeError", "Recipe",
+           "default_recipe", "markdown",
            "quantize", "read_quantization"]

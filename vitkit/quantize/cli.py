@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
                           recipe=RECIPES[args.recipe] if args.recipe else None, calib_views=args.calib_views,
                           speed=not args.no_speed, report_md=args.report, log=say)
     except QuantizationRefused as refused:
-        print(json.dumps(refused.report) if args.json else markdown(refused.report))
+        print(json.dumps(refused.report.to_dict()) if args.json else markdown(refused.report))
         print(f"vitkit quantize: {refused}", file=sys.stderr)
         return 3
-    print(json.dumps(report) if args.json else markdown(report))
+    print(json.dumps(report.to_dict()) if args.json else markdown(report))
     return 0

@@ -33,7 +33,7 @@ from vitkit.quantize.build import build_int8
 from vitkit.quantize.data import calibration_pixels, eval_set
 from vitkit.quantize.onnx_int8 import QuantizeError, add_metadata
 from vitkit.quantize.recipe import Recipe, default_recipe
-from vitkit.quantize.report import compare, markdown, measure_speed, transformers_runner
+from vitkit.quantize.report import QuantizationReport, compare, markdown, measure_speed, transformers_runner
 
 METHODS = ("dynamic", "static", "fp16")
 BACKENDS = ("onnx", "torch")
@@ -42,7 +42,7 @@ BACKENDS = ("onnx", "torch")
 class QuantizationRefused(RuntimeError):
     """The quantized model lost more accuracy than allowed; nothing was written. `.report` holds the measurements."""
 
-    def __init__(self, message: str, report: dict):
+    def __init__(self, message: str, report: QuantizationReport):
         super().__init__(message)
         self.report = report
 
@@ -59,10 +59,10 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
              backend: str = "onnx", out: str | None = None, max_drop: float = 1.0, force: bool = False, *,
              recipe: Recipe | None = None, calib_views: int = 4, max_calib_images: int | None = 256,
              speed: bool = True, speed_rounds: int = 5, quiet_wait_s: float = 20.0, compare_transformers: bool = True,
-             report_md: str | None = None, log=None) -> dict:
-    """Quantize a vitkit `Model` (plain network, loaded without --backend/--dtype) and return the report (a dict;
-    `markdown(report)` renders it). Raises QuantizationRefused (report attached, nothing written) when the accuracy
-    drop on `eval_folder` exceeds `max_drop` points and `force` is False; QuantizeError / ValueError for bad input.
+             report_md: str | None = None, log=None) -> QuantizationReport:
+    """Quantize a vitkit `Model` (plain network, loaded without --backend/--dtype) and return its QuantizationReport
+    (`markdown(report)` renders it, `report.to_dict()` is its JSON). Raises QuantizationRefused (report attached,
+    nothing written) when the accuracy drop on `eval_folder` exceeds `max_drop` points and `force` is False; QuantizeError / ValueError for bad input.
 
     method   "dynamic" (default recipe: per-image INT8 activations, per-channel weights, float islands, SmoothQuant,
              fused attention), "static" (calibrated activation ranges; needs calib), "fp16" (an fp16 graph for GPUs)
@@ -84,8 +84,7 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
         raise ValueError(f"max_drop must be >= 0 points, got {max_drop}")
     net, spec = model.net, model.spec
     started = time.perf_counter()
-    report: dict = {"model": str(getattr(model, "source", "")), "method": method, "backend": "onnx",
-                    "image_size": spec.input_size, "notes": []}
+    report = QuantizationReport(model=str(getattr(model, "source", "")), method=method, image_size=spec.input_size)
     ev = eval_set(eval_folder, tuple(model.labels)) if eval_folder else None
     recipe, calibration = _calibrate(report, method, recipe, spec, calib, calib_views, max_calib_images,
                                      ev.paths if ev else [], say)
@@ -94,11 +93,9 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
     _evaluate(report, model, ev, eval_folder, ref_run, q_run, say)
     if speed and q_run is not None:
         _speed(report, net, spec, method, ref_run, q_run, speed_rounds, quiet_wait_s, compare_transformers, say)
-    else:
-        report["speed"] = None
     gate = _gate(report, max_drop, force)
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    report["out"], report["written"] = (str(out) if out else None), False
+    report.seconds = round(time.perf_counter() - started, 1)
+    report.out = str(out) if out else None
     if not gate["passed"] and not force:
         why = (f"accuracy would drop by {gate['drop_points']} points ({gate['measure']}), more than the allowed "
                f"{max_drop}" if gate["drop_points"] is not None else
@@ -113,11 +110,11 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
 
 
 # -- the phases: each adds its part of the report ---------------------------------------------------------------
-def _calibrate(report, method, recipe, spec, calib, views, max_images, eval_paths, say):
+def _calibrate(report: QuantizationReport, method, recipe, spec, calib, views, max_images, eval_paths, say):
     """1. The recipe, and calibration pixels from --calib images that are not evaluation images."""
-    calibration, report["calibration"] = None, None
+    calibration = None
     if method == "fp16":
-        report["recipe_text"] = "fp16 graph (inputs and outputs float32), for GPUs"
+        report.recipe_text = "fp16 graph (inputs and outputs float32), for GPUs"
         return None, None
     recipe = recipe or default_recipe(method)
     if recipe.method != method:
@@ -126,7 +123,7 @@ def _calibrate(report, method, recipe, spec, calib, views, max_images, eval_path
         calibration, calib_paths = calibration_pixels(calib, spec, views=views, max_images=max_images,
                                                       exclude=set(eval_paths))
         left_out = len(_resolved(expand_inputs(list(calib))) & _resolved(eval_paths))
-        report["calibration"] = {"source": ", ".join(map(str, calib)), "images": len(calib_paths), "views": views,
+        report.calibration = {"source": ", ".join(map(str, calib)), "images": len(calib_paths), "views": views,
                                  "inputs": int(len(calibration)), "evaluation_images_left_out": left_out}
         say(f"calibration: {len(calib_paths)} images x {views} views"
             + (f" ({left_out} evaluation images left out)" if left_out else ""))
@@ -134,50 +131,49 @@ def _calibrate(report, method, recipe, spec, calib, views, max_images, eval_path
         raise QuantizeError("static INT8 needs calibration images: --calib FOLDER (not the evaluation images)")
     elif recipe.smooth_alpha is not None:
         recipe = recipe.replace(smooth_alpha=None)
-        report["notes"].append("no --calib images: SmoothQuant was skipped (it needs activation statistics)")
-    report["recipe"] = recipe.to_dict()
-    report["recipe_text"] = recipe.describe()
+        report.notes.append("no --calib images: SmoothQuant was skipped (it needs activation statistics)")
+    report.recipe = recipe.to_dict()
+    report.recipe_text = recipe.describe()
     return recipe, calibration
 
 
-def _build(report, net, spec, method, recipe, calibration, say) -> tuple[bytes, bytes, bool]:
+def _build(report: QuantizationReport, net, spec, method, recipe, calibration, say) -> tuple[bytes, bytes, bool]:
     """2. The quantized graph, and the fp32 graph it is measured against."""
     fp32 = graph_bytes(net, spec.input_size, dynamic_batch=True)
     if method == "fp16":
         quantized, dynamic_batch = graph_bytes(net, spec.input_size, dynamic_batch=True, dtype="fp16"), True
-        report["layers"] = None
     else:
         built = build_int8(net, spec.input_size, recipe, calibration)
         quantized, dynamic_batch = built.int8, built.dynamic_batch
-        report["layers"] = {"int8": len(built.quantized), "float": built.kept_float,
+        report.layers = {"int8": len(built.quantized), "float": built.kept_float,
                             "fused_attention": built.fused_attention}
-        report["seconds_build"] = built.seconds
-    report["size_mb"] = {"fp32": _size_mb(fp32), "quantized": _size_mb(quantized),
+        report.seconds_build = built.seconds
+    report.size_mb = {"fp32": _size_mb(fp32), "quantized": _size_mb(quantized),
                          "ratio": round(len(quantized) / len(fp32), 3)}
     say(f"built: {report['size_mb']['quantized']} MB (fp32 {report['size_mb']['fp32']} MB)")
     return fp32, quantized, dynamic_batch
 
 
-def _sessions(report, fp32: bytes, quantized: bytes) -> tuple[Session, Session | None]:
+def _sessions(report: QuantizationReport, fp32: bytes, quantized: bytes) -> tuple[Session, Session | None]:
     reference = Session(fp32)
     try:
         return reference, Session(quantized)
     except Exception as err:  # fp16 graphs onnxruntime's CPU provider cannot run
-        report["notes"].append(f"onnxruntime (CPU) cannot run the quantized graph: {str(err).splitlines()[0][:160]}")
+        report.notes.append(f"onnxruntime (CPU) cannot run the quantized graph: {str(err).splitlines()[0][:160]}")
         return reference, None
 
 
-def _evaluate(report, model, ev, eval_folder, ref_run, q_run, say) -> None:
+def _evaluate(report: QuantizationReport, model, ev, eval_folder, ref_run, q_run, say) -> None:
     """3. Top-1 agreement with the fp32 graph, accuracy of both on the labels, embedding cosine."""
-    report["eval"] = None
     if ev is None or q_run is None:
         return
     result = compare(ref_run, q_run, model.preprocess(ev.paths), ev.targets, ev.paths, tuple(model.labels))
-    report["eval"] = {"folder": str(eval_folder), "labels_from": ev.labels_from, **result}
+    report.eval = {"folder": str(eval_folder), "labels_from": ev.labels_from, **result}
     say(f"evaluation: agreement {result.get('top1_agreement')}, accuracy {result.get('accuracy')}")
 
 
-def _speed(report, net, spec, method, ref_run, q_run, rounds, quiet_wait_s, compare_transformers, say) -> None:
+def _speed(report: QuantizationReport, net, spec, method, ref_run, q_run, rounds, quiet_wait_s, compare_transformers,
+           say) -> None:
     """4. Model-only speed at batch 1: fp32 graph, quantized graph, transformers (sdpa, fp32), in one run."""
     x = torch.randn(1, net.config.in_chans, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
     runners = {"onnxruntime fp32": lambda p: ref_run(p, ["logits"] if "logits" in ref_run.outputs else None),
@@ -196,37 +192,37 @@ def _speed(report, net, spec, method, ref_run, q_run, rounds, quiet_wait_s, comp
     sp["vs_fp32_onnxruntime"] = ratios.get(f"onnxruntime {method}")
     if "transformers sdpa fp32" in ratios and ratios["transformers sdpa fp32"]:
         sp["vs_transformers_sdpa"] = round(ratios[f"onnxruntime {method}"] / ratios["transformers sdpa fp32"], 2)
-    report["speed"] = sp
+    report.speed = sp
 
 
-def _gate(report, max_drop: float, force: bool) -> dict:
+def _gate(report: QuantizationReport, max_drop: float, force: bool) -> dict:
     """5. The accuracy drop in points (or the top-1 disagreement without labels) against max_drop."""
     gate = {"max_drop": max_drop, "forced": force}
-    if report["eval"] and report["eval"].get("accuracy"):
-        gate.update(measure="accuracy", drop_points=report["eval"]["accuracy"]["drop_points"])
-    elif report["eval"] and report["eval"].get("top1_agreement") is not None:
+    if report.eval and report.eval.get("accuracy"):
+        gate.update(measure="accuracy", drop_points=report.eval["accuracy"]["drop_points"])
+    elif report.eval and report.eval.get("top1_agreement") is not None:
         gate.update(measure="top-1 disagreement (no labels: an upper bound on the accuracy drop)",
-                    drop_points=round(100 * (1 - report["eval"]["top1_agreement"]), 2))
+                    drop_points=round(100 * (1 - report.eval["top1_agreement"]), 2))
     else:
         gate.update(measure="none (no evaluation images)", drop_points=None)
     gate["passed"] = gate["drop_points"] is not None and gate["drop_points"] <= max_drop
-    report["gate"] = gate
+    report.gate = gate
     return gate
 
 
-def _write(report, quantized: bytes, net, spec, method, dynamic_batch: bool, out: str) -> None:
+def _write(report: QuantizationReport, quantized: bytes, net, spec, method, dynamic_batch: bool, out: str) -> None:
     """6. The file, atomically, with vitkit's metadata and the quantization summary."""
-    summary = {k: report.get(k) for k in ("method", "recipe", "recipe_text", "layers", "size_mb", "gate")}
-    if report["eval"]:
-        summary["eval"] = {k: report["eval"].get(k) for k in ("folder", "images", "top1_agreement", "accuracy",
+    summary = {k: getattr(report, k) for k in ("method", "recipe", "recipe_text", "layers", "size_mb", "gate")}
+    if report.eval:
+        summary["eval"] = {k: report.eval.get(k) for k in ("folder", "images", "top1_agreement", "accuracy",
                                                                "embedding_cosine")}
-    data = add_metadata(quantized, net, spec, dynamic_batch=dynamic_batch, source=report["model"],
+    data = add_metadata(quantized, net, spec, dynamic_batch=dynamic_batch, source=report.model,
                         quantization=summary, dtype="fp16" if method == "fp16" else "int8")
     write_atomic_bytes(data, out)
-    report["written"] = True
-    report["size_mb"]["file"] = _size_mb(data)
+    report.written = True
+    report.size_mb["file"] = _size_mb(data)
 
 
-def _write_md(report: dict, path: str | None) -> None:
+def _write_md(report: QuantizationReport, path: str | None) -> None:
     if path:
         write_atomic_text(markdown(report), path)

@@ -3,6 +3,7 @@ similarity, file size, and model-only speed against the fp32 graph and transform
 
     compare(fp32_run, int8_run, pixels, targets, names)   -> agreement, accuracy change, flips, cosine, logit diff
     measure_speed({name: fn}, pixels, ...)                 -> img/s medians over interleaved rounds and speed-ups
+    QuantizationReport                                     -> what quantize() measured, one field per phase
     markdown(report)                                       -> the report as a short markdown page
 
 Try it:  python benchmarks/quantize.py --quick
@@ -10,8 +11,10 @@ Try it:  python benchmarks/quantize.py --quick
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,51 @@ import torch
 
 from vitkit.onnx.format import LOGITS, PRE_LOGITS
 from vitkit.onnx.session import Session
+
+
+@dataclass
+class QuantizationReport:
+    """What quantize() measured; each phase of the pipeline fills its fields. The nested parts are plain dicts
+    because they go into JSON (`to_dict`) and into the .onnx file's metadata as they are.
+
+    calibration  {source, images, views, inputs, evaluation_images_left_out} or None (no --calib)
+    layers       {int8: count, float: [kept layer names], fused_attention: bool} or None (fp16)
+    size_mb      {fp32, quantized, ratio[, file]}
+    eval         {folder, labels_from, images, top1_agreement[, accuracy {fp32, quantized, drop_points}], flips,
+                  embedding_cosine {mean, min}, ...} or None (no --eval)
+    speed        measure_speed()'s result plus vs_fp32_onnxruntime / vs_transformers_sdpa, or None
+    gate         {max_drop, forced, measure, drop_points, passed}
+    """
+
+    model: str
+    method: str
+    image_size: int
+    backend: str = "onnx"
+    notes: list[str] = field(default_factory=list)
+    recipe_text: str = ""
+    recipe: dict | None = None
+    calibration: dict | None = None
+    layers: dict | None = None
+    seconds_build: float | None = None
+    size_mb: dict = field(default_factory=dict)
+    eval: dict | None = None
+    speed: dict | None = None
+    gate: dict = field(default_factory=dict)
+    seconds: float | None = None
+    out: str | None = None
+    written: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuantizationReport:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    def __getitem__(self, key: str):  # report["gate"]: the JSON view's keys read the same on the object
+        if key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 # -- quality ---------------------------------------------------------------------------------------------------
@@ -113,15 +161,16 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def markdown(report: dict) -> str:
-    """A short page: what was made, how it compares, whether the gate passed."""
-    lines = [f"# INT8 quantization report: {report.get('model', '')}", ""]
-    lines.append(f"- recipe: **{report.get('recipe_text', report.get('method'))}** (backend {report.get('backend')})")
-    if report.get("layers"):
-        layers = report["layers"]
+def markdown(report: QuantizationReport | dict) -> str:
+    """A short page: what was made, how it compares, whether the gate passed (from the report, or its JSON)."""
+    r = report if isinstance(report, QuantizationReport) else QuantizationReport.from_dict(report)
+    lines = [f"# INT8 quantization report: {r.model}", ""]
+    lines.append(f"- recipe: **{r.recipe_text or r.method}** (backend {r.backend})")
+    if r.layers:
+        layers = r.layers
         lines.append(f"- layers: {layers['int8']} weight GEMMs in INT8, {len(layers['float'])} kept in float "
                      f"({', '.join(layers['float']) or 'none'}); LayerNorm, softmax and its inputs, GELU in float")
-    cal = report.get("calibration")
+    cal = r.calibration
     if cal:
         lines.append(f"- calibration: {cal['images']} images x {cal['views']} views = {cal['inputs']} inputs from "
                      f"{cal['source']}; none of them is an evaluation image"
@@ -129,11 +178,11 @@ def markdown(report: dict) -> str:
                         if cal.get("evaluation_images_left_out") else ""))
     else:
         lines.append("- calibration: none")
-    ev = report.get("eval") or {}
+    ev = r.eval or {}
     if ev:
         lines.append(f"- evaluation: {ev.get('images')} images in {ev.get('folder')} (labels: {ev.get('labels_from')})")
     lines += ["", "| measure | fp32 | quantized |", "|---|---:|---:|"]
-    size = report.get("size_mb", {})
+    size = r.size_mb
     lines.append(f"| file size MB | {size.get('fp32', 'n/a')} | {size.get('quantized', 'n/a')} |")
     acc = ev.get("accuracy")
     if acc:
@@ -143,7 +192,7 @@ def markdown(report: dict) -> str:
     if ev.get("embedding_cosine"):
         c = ev["embedding_cosine"]
         lines.append(f"| embedding cosine similarity, mean (min) | 1 | {c['mean']:.4f} ({c['min']:.4f}) |")
-    speed = report.get("speed") or {}
+    speed = r.speed or {}
     if speed.get("img_s"):
         base = speed.get("speedup", {})
         lines += ["", f"Speed, model only, batch {speed['batch_size']}, median of {speed['rounds']} interleaved rounds "
@@ -163,12 +212,12 @@ def markdown(report: dict) -> str:
         for f in flips:
             lines.append(f"| {f['image']} | {f['fp32']} | {f['quantized']} | {f['fp32_margin']:.3f} |"
                          + (f" {f['true']} |" if "true" in f else ""))
-    gate = report.get("gate") or {}
+    gate = r.gate
     if gate:
         lines += ["", f"Gate: {gate.get('measure')} drop {gate.get('drop_points')} points, limit {gate.get('max_drop')}"
                       f" -> **{'passed' if gate.get('passed') else 'REFUSED'}**"
                       + (" (forced)" if gate.get("forced") else "")
-                      + (f"; written to {report['out']}" if report.get("written") else "; not written")]
-    for note in report.get("notes", []):
+                      + (f"; written to {r.out}" if r.written else "; not written")]
+    for note in r.notes:
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
