@@ -103,8 +103,14 @@ class Model:
 
     @property
     def default_pool(self) -> str:
-        """The checkpoint's own pooling without any pooler dense layer: 'mean' for BEiT, else 'cls'."""
-        return "mean" if self.config.pool == "mean" else "cls"
+        """The checkpoint's own embedding: 'prelogits' where the pooling is learned with the model (SigLIP's
+        attention pooling, CLIP's projection into the image-text space), 'mean' for BEiT (then fc_norm), else
+        'cls' after the final norm (ViT, DeiT, DINOv2, MAE; a ViT pooler dense layer is left out: only
+        ImageNet-21k backbones have one, trained for pre-training only). Register tokens are never pooled."""
+        cfg = self.config
+        if cfg.pool == "map" or cfg.proj_dim:
+            return "prelogits"
+        return "mean" if cfg.pool == "mean" else "cls"
 
     def embedding_shape(self, pool: str | None = None, layers: list[int] | None = None) -> tuple[int, ...]:
         """Shape of one input's embedding: (D,), (T, D) for tokens, with a leading (L,) for several layers."""
@@ -112,7 +118,7 @@ class Model:
         cfg = self.config
         grid = self.spec.input_size // cfg.patch_size
         one = {"tokens": (cfg.num_prefix_tokens + grid * grid, cfg.width),
-               "prelogits": (cfg.pre_logits_dim or cfg.width,)}.get(pool, (cfg.width,))
+               "prelogits": (cfg.embed_dim,)}.get(pool, (cfg.width,))
         return one if layers is None else (len(layers), *one)
 
     @torch.inference_mode()

@@ -160,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
 
     for name in FEATURE_CLIS:
         importlib.import_module(name).add_commands(sub, _model_args, _runtime_args)
-    evaluate.modes["retrieval"] = sub.choices["eval-retrieval"]
+    if "eval-retrieval" in sub.choices:  # the index's command, when its CLI is loaded
+        evaluate.modes["retrieval"] = sub.choices["eval-retrieval"]
     _show_defaults(parser)
     return parser
 
@@ -239,14 +240,16 @@ def _cmd_models(args) -> int:
     if args.json:
         print(json.dumps({
             "models": {name: {"hub_id": m.hub_id, "layout": m.layout, "arch": m.arch, "labels": m.labels,
-                              "licence": m.licence, "note": m.note} for name, m in MODELS.items()},
+                              "family": ARCHS[m.arch].config.family, "licence": m.licence, "note": m.note}
+                       for name, m in MODELS.items()},
             "archs": {name: {"config": a.config.to_dict(), "preprocess": a.preprocess.to_dict()}
                       for name, a in ARCHS.items()},
         }, indent=2))
         return 0
     print("Named models (--model NAME):")
     for name, m in MODELS.items():
-        print(f"  {name:<50} {m.layout:<5} {m.labels:<12} {m.licence:<11} {m.note}")
+        print(f"  {name:<50} {ARCHS[m.arch].config.family:<7} {m.layout:<5} {m.labels:<12} {m.licence:<13} "
+              f"{m.note}")
     print("\nArchitectures (--arch NAME, for weights files without config):")
     for name, a in ARCHS.items():
         c, p = a.config, a.preprocess

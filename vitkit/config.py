@@ -1,10 +1,17 @@
 """Frozen configuration of a ViT-family network, its variants, and the preprocessing it expects.
 
-ViT, DeiT and BEiT are one network that differs by fields of `ViTConfig`:
-  ViT   class token + learned absolute positions, qkv bias, final norm, class-token pooling
-  DeiT  ViT + a distillation token and a second head (`dist_token=True`), averaged at inference
-  BEiT  no absolute positions, relative position bias per layer, layer scale, q/v bias without k bias,
-        mean pooling of patch tokens followed by `fc_norm`
+Every family is one network that differs by fields of `ViTConfig`:
+  ViT      class token + learned absolute positions, qkv bias, final norm, class-token pooling
+  DeiT     ViT + a distillation token and a second head (`dist_token=True`), averaged at inference
+  BEiT     no absolute positions, relative position bias per layer, layer scale, q/v bias without k bias,
+           mean pooling of patch tokens followed by `fc_norm`
+  DeiT-III ViT + layer scale, positions for the patches only (`class_pos_embed=False`)
+  MAE      plain ViT (its fixed sin-cos positions are stored as weights)
+  DINOv2   ViT at patch 14 + layer scale, positions learned at 518 px and resampled; `reg_tokens` for the
+           "with registers" models (extra tokens after the class token, without positions, never pooled)
+  CLIP     ViT + a LayerNorm before the blocks (`pre_norm`), quick-GELU, no patch bias, an output projection
+           (`proj_dim`) after the pooled class token
+  SigLIP   no class token, tanh-GELU, attention pooling (`pool="map"`: one learned query over the tokens)
 
 Try it:  python -c "from vitkit.config import variant; print(variant('B/16'))"
 """
@@ -50,18 +57,24 @@ class ViTConfig:
     class_token: bool = True
     dist_token: bool = False  # DeiT distilled: extra token after the class token
     dist_head: bool = True  # with dist_token: a second head on it, averaged with the class head
+    reg_tokens: int = 0  # DINOv2 with registers: tokens after the class token, without positions
+    class_pos_embed: bool = True  # positions cover the class/distillation tokens (False: timm's no_embed_class)
     abs_pos_embed: bool = True  # learned absolute position embedding (ViT, DeiT)
     pos_embed_antialias: bool = True  # bicubic resample at other sizes: antialiased as timm, plain as transformers
     rel_pos_bias: Literal["none", "layer", "shared"] = "none"  # BEiT: per layer, or one shared
     rel_pos_resize: Literal["geometric", "bilinear"] = "geometric"  # BEiT authors' / transformers' resize
     qkv_bias: Literal["qkv", "qv", "none"] = "qkv"  # BEiT: q and v only
-    layer_scale_init: float | None = None  # BEiT: per-channel residual scale
-    pool: Literal["cls", "mean"] = "cls"  # mean: average of patch tokens (BEiT)
+    layer_scale_init: float | None = None  # BEiT, DeiT-III, DINOv2: per-channel residual scale
+    patch_bias: bool = True  # CLIP: the patch projection has no bias
+    pre_norm: bool = False  # CLIP: LayerNorm on the embedded tokens, before the blocks
+    act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"  # MLP activation: erf GELU, SigLIP's, CLIP's
+    pool: Literal["cls", "mean", "map"] = "cls"  # mean: patch-token average (BEiT); map: attention pooling (SigLIP)
     fc_norm: bool = False  # norm after pooling instead of before (BEiT mean pooling)
     pre_logits_dim: int = 0  # dense + tanh "pooler"/representation layer (JAX in21k, HF ViTModel)
+    proj_dim: int = 0  # CLIP: linear projection (no bias) of the pooled token into the shared image-text space
     norm_eps: float = 1e-6
     drop_path: float = 0.0
-    family: Literal["vit", "deit", "beit"] = "vit"  # decides the layout names used when saving
+    family: Literal["vit", "deit", "beit", "deit3", "mae", "dinov2", "clip", "siglip"] = "vit"  # names when saving
     labels: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -83,6 +96,10 @@ class ViTConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dist_token and not self.class_token:
             raise ValueError("a distillation token needs a class token")
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool 'cls' needs a class token: use pool 'mean' or 'map'")
+        if self.pre_logits_dim and self.proj_dim:
+            raise ValueError("a model has a pre-logits layer or an output projection, not both")
         if not self.labels and self.num_classes:  # ImageNet-1k names for 1000 classes, else class_<i>
             object.__setattr__(self, "labels", default_labels(self.num_classes))
         if len(self.labels) != self.num_classes:
@@ -91,7 +108,7 @@ class ViTConfig:
     def parameters_estimate(self) -> int:
         """Roughly how many parameters this config allocates (blocks, patch embedding, head)."""
         block = 4 * self.width * self.width + 2 * self.width * self.mlp_dim
-        head = (self.pre_logits_dim or self.width) * self.num_classes * (2 if self.dist_token else 1)
+        head = self.embed_dim * self.num_classes * (2 if self.dist_token else 1)
         return self.depth * block + self.in_chans * self.patch_size ** 2 * self.width + head
 
     @property
@@ -100,7 +117,18 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + int(self.dist_token)
+        """Tokens before the patch tokens: class, distillation, registers."""
+        return int(self.class_token) + int(self.dist_token) + self.reg_tokens
+
+    @property
+    def pos_prefix_tokens(self) -> int:
+        """Leading rows of pos_embed that belong to prefix tokens (class, distillation), not patches."""
+        return int(self.class_token) + int(self.dist_token) if self.class_pos_embed else 0
+
+    @property
+    def embed_dim(self) -> int:
+        """Size of the head's input: the pre-logits layer's, the projection's, or the width."""
+        return self.pre_logits_dim or self.proj_dim or self.width
 
     @property
     def head_dim(self) -> int:

@@ -191,14 +191,16 @@ def load_file(path: Path, arch: str | None = None, spec: PreprocessSpec | None =
 
 
 def _fit_config(cfg: ViTConfig, native: dict[str, torch.Tensor]) -> ViTConfig:
-    """An architecture row fitted to what the weights hold: head size (or none), pre-logits layer,
-    distillation head. Everything structural must match the row; the strict load checks that."""
+    """An architecture row fitted to what the weights hold: head size (or none), pre-logits layer, output
+    projection, distillation head. Everything structural must match the row; the strict load checks that."""
     head = native.get("head.weight")
     pre_logits = native.get("pre_logits.fc.weight")
+    proj = native.get("proj.weight")
     num_classes = head.shape[0] if head is not None else 0
     return cfg.replace(
         num_classes=num_classes,
         pre_logits_dim=pre_logits.shape[0] if pre_logits is not None else 0,
+        proj_dim=proj.shape[0] if proj is not None else 0,
         dist_head=cfg.dist_token and "head_dist.weight" in native,
         labels=cfg.labels if len(cfg.labels) == num_classes else (),
     )
@@ -209,8 +211,8 @@ def _fit_positions(native: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str,
     relative tables (the configured method) to the config's grid."""
     grid = (cfg.grid, cfg.grid)
     pos = native.get("pos_embed")
-    if pos is not None and pos.shape[1] != cfg.num_prefix_tokens + cfg.grid**2:
-        native["pos_embed"] = resample_abs_pos_embed(pos, grid, cfg.num_prefix_tokens, cfg.pos_embed_antialias)
+    if pos is not None and pos.shape[1] != cfg.pos_prefix_tokens + cfg.grid**2:
+        native["pos_embed"] = resample_abs_pos_embed(pos, grid, cfg.pos_prefix_tokens, cfg.pos_embed_antialias)
     for key in [k for k in native if k.endswith("rel_pos.table")]:
         rows = native[key].shape[0]
         old = (int(math.isqrt(rows - 3)) + 1) // 2

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 
+from vitkit.checkpoints.hf_towers import TOWER_TYPES, tower_architecture, tower_fields, tower_model_type, tower_to_hf
 from vitkit.config import ViTConfig, PreprocessSpec
 
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 RESAMPLE_CODE = {name: code for code, name in PIL_RESAMPLE.items()}
-SUPPORTED_TYPES = ("vit", "deit", "beit")
+SUPPORTED_TYPES = ("vit", "deit", "beit") + TOWER_TYPES
+TOWER_FAMILIES = ("mae", "dinov2", "clip", "siglip")
 
 
 def _side(value, what: str) -> int:
@@ -41,6 +43,8 @@ def config_from_hf(hf: dict, shapes: dict[str, tuple]) -> ViTConfig:
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_TYPES:
         raise ValueError(f"unsupported transformers model_type {model_type!r}: vitkit reads {SUPPORTED_TYPES}")
+    if model_type in TOWER_TYPES:
+        return ViTConfig(**tower_fields(hf, shapes, _side))
     if hf.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}: ViT-family checkpoints use exact 'gelu'")
     architecture = (hf.get("architectures") or [""])[0]
@@ -80,6 +84,8 @@ def config_from_hf(hf: dict, shapes: dict[str, tuple]) -> ViTConfig:
 
 def hf_model_type(cfg: ViTConfig) -> str:
     """The transformers family that can hold this network (plain DeiT is published as 'vit')."""
+    if cfg.family in TOWER_FAMILIES:
+        return tower_model_type(cfg)
     if cfg.qkv_bias == "qv" or cfg.rel_pos_bias != "none":
         return "beit"
     return "deit" if cfg.dist_token else "vit"
@@ -87,6 +93,8 @@ def hf_model_type(cfg: ViTConfig) -> str:
 
 def hf_architecture(cfg: ViTConfig) -> tuple[str, str]:
     """(architecture class name, state-dict prefix of its backbone)."""
+    if cfg.family in TOWER_FAMILIES:
+        return tower_architecture(cfg), "vision_model." if cfg.family in ("clip", "siglip") else ""
     model_type = hf_model_type(cfg)
     name = {"vit": "ViT", "deit": "DeiT", "beit": "Beit"}[model_type]
     if not cfg.num_classes:
@@ -99,6 +107,8 @@ def hf_architecture(cfg: ViTConfig) -> tuple[str, str]:
 
 
 def config_to_hf(cfg: ViTConfig) -> dict:
+    if cfg.family in TOWER_FAMILIES:
+        return tower_to_hf(cfg)
     model_type = hf_model_type(cfg)
     architecture, _ = hf_architecture(cfg)
     labels = cfg.labels
@@ -157,7 +167,9 @@ def spec_to_hf(spec: PreprocessSpec, model_type: str) -> dict:
         return dict(common, image_processor_type="BitImageProcessor", size={"shortest_edge": spec.resize},
                     do_center_crop=True, crop_size={"height": spec.input_size, "width": spec.input_size},
                     do_convert_rgb=True)
-    processor = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "beit": "BeitImageProcessor"}[model_type]
+    processor = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "beit": "BeitImageProcessor",
+                 "vit_mae": "ViTImageProcessor", "siglip_vision_model": "SiglipImageProcessor"}.get(
+        model_type, "ViTImageProcessor")
     out = dict(common, image_processor_type=processor, size={"height": spec.resize, "width": spec.resize})
     if crop or model_type in ("deit", "beit"):
         out.update(do_center_crop=crop, crop_size={"height": spec.input_size, "width": spec.input_size})

@@ -78,6 +78,14 @@ class Fuse:
     native: str
     transform: Transform = IDENTITY  # applied to each part
     dim: int = 0
+    ratios: tuple[int, ...] | None = None  # relative part sizes when they differ (q, kv -> qkv: (1, 2))
+
+    def split(self, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The native tensor back into its foreign parts."""
+        if self.ratios is None:
+            return value.chunk(len(self.foreign), dim=self.dim)
+        unit = value.shape[self.dim] // sum(self.ratios)
+        return value.split([unit * r for r in self.ratios], dim=self.dim)
 
 
 Rule = Rename | Fuse
@@ -136,8 +144,7 @@ class KeyMap:
                 if isinstance(rule, Rename):
                     out[_t(rule.foreign).fill(groups)] = rule.transform.to_foreign(value, cfg)
                 else:
-                    chunks = value.chunk(len(rule.foreign), dim=rule.dim)
-                    for foreign, chunk in zip(rule.foreign, chunks):
+                    for foreign, chunk in zip(rule.foreign, rule.split(value)):
                         out[_t(foreign).fill(groups)] = rule.transform.to_foreign(chunk, cfg)
                 break
             else:

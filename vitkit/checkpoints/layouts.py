@@ -1,7 +1,9 @@
 """The foreign checkpoint layouts vitkit reads and writes, as key-map tables.
 
-  hf    transformers ViT / DeiT / BEiT, in the layout published on the hub and written by save_pretrained
-        (`vit.encoder.layer.0.attention.attention.query.weight`, ...)
+  hf    transformers ViT / DeiT / BEiT / ViTMAE, in the layout published on the hub and written by
+        save_pretrained (`vit.encoder.layer.0.attention.attention.query.weight`, ...); DINOv2 (with registers)
+        (`encoder.layer.0.norm1.weight`, `layer_scale1.lambda1`); CLIP and SigLIP vision towers
+        (`vision_model.encoder.layers.0.self_attn.q_proj.weight`, ...), alone or inside the image-text model
   timm  timm vision_transformer / deit / beit (vitkit's own layout is timm's ViT layout; BEiT renames a few)
   jax   Google's vision_transformer .npz (`Transformer/encoderblock_0/MultiHeadDotProductAttention_1/...`),
         also used by the AugReg release
@@ -19,10 +21,14 @@ from vitkit.config import ViTConfig
 DERIVED_BUFFERS = (r"relative_position_index$",)  # recomputed from the grid, never learned
 
 
+HF_PATCH_KEYS = ("embeddings.patch_embeddings.projection.weight",  # ViT, DeiT, BEiT, ViTMAE, DINOv2
+                 "embeddings.patch_embedding.weight")  # CLIP, SigLIP (under vision_model. in most files)
+
+
 def detect_layout(keys) -> str:
     """'hf', 'jax' or 'timm' from the names in a checkpoint."""
     keys = list(keys)
-    if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
+    if any(k.endswith(HF_PATCH_KEYS) for k in keys):
         return "hf"
     if any(k.endswith("embedding/kernel") for k in keys):
         return "jax"
@@ -35,12 +41,23 @@ def detect_layout(keys) -> str:
 # -- transformers ------------------------------------------------------------------------------------
 
 def hf_prefix(keys) -> str:
-    """'vit.' / 'deit.' / 'beit.' for *ForImageClassification checkpoints, '' for bare *Model ones."""
-    patch = next(k for k in keys if k.endswith("embeddings.patch_embeddings.projection.weight"))
-    return patch.removesuffix("embeddings.patch_embeddings.projection.weight")
+    """'vit.' / 'deit.' / 'beit.' / 'dinov2.' for *ForImageClassification checkpoints, '' for bare *Model ones;
+    CLIP and SigLIP: 'vision_model.' (the hub's files, image-text models) or '' (a vision tower saved by recent
+    transformers)."""
+    patch = next(k for k in keys if k.endswith(HF_PATCH_KEYS))
+    return patch.removesuffix(next(s for s in HF_PATCH_KEYS if patch.endswith(s)))
 
 
 def hf_keymap(cfg: ViTConfig, prefix: str) -> KeyMap:
+    """The transformers table of `cfg`'s family."""
+    if cfg.family == "dinov2":
+        return _hf_dinov2_keymap(prefix)
+    if cfg.family in ("clip", "siglip"):
+        return _hf_clip_keymap(cfg, prefix)
+    return _hf_vit_keymap(cfg, prefix)
+
+
+def _hf_vit_keymap(cfg: ViTConfig, prefix: str) -> KeyMap:
     layer = prefix + "encoder.layer.{i}."
     attn = layer + "attention.attention."
     rules = [
@@ -75,7 +92,72 @@ def hf_keymap(cfg: ViTConfig, prefix: str) -> KeyMap:
         rules += [Rename("cls_classifier.{p}", "head.{p}"), Rename("distillation_classifier.{p}", "head_dist.{p}")]
     else:
         rules.append(Rename("classifier.{p}", "head.{p}"))
-    return KeyMap("transformers", tuple(rules), ignore=DERIVED_BUFFERS + (r"embeddings\.mask_token$",))
+    return KeyMap("transformers", tuple(rules), ignore=DERIVED_BUFFERS + (r"embeddings\.mask_token$", r"^decoder\."))
+
+
+def _hf_dinov2_keymap(prefix: str) -> KeyMap:
+    layer = prefix + "encoder.layer.{i}."
+    attn = layer + "attention.attention."
+    return KeyMap("transformers", (
+        Rename(prefix + "embeddings.cls_token", "cls_token"),
+        Rename(prefix + "embeddings.register_tokens", "reg_token"),
+        Rename(prefix + "embeddings.position_embeddings", "pos_embed"),
+        Rename(prefix + "embeddings.patch_embeddings.projection.{p}", "patch_embed.proj.{p}"),
+        Rename(layer + "norm1.{p}", "blocks.{i}.norm1.{p}"),
+        Rename(layer + "norm2.{p}", "blocks.{i}.norm2.{p}"),
+        Fuse((attn + "query.{p}", attn + "key.{p}", attn + "value.{p}"), "blocks.{i}.attn.qkv.{p}"),
+        Rename(layer + "attention.output.dense.{p}", "blocks.{i}.attn.proj.{p}"),
+        Rename(layer + "layer_scale1.lambda1", "blocks.{i}.ls1.gamma"),
+        Rename(layer + "layer_scale2.lambda1", "blocks.{i}.ls2.gamma"),
+        Rename(layer + "mlp.fc1.{p}", "blocks.{i}.mlp.fc1.{p}"),
+        Rename(layer + "mlp.fc2.{p}", "blocks.{i}.mlp.fc2.{p}"),
+        Rename(prefix + "layernorm.{p}", "norm.{p}"),
+    ), ignore=(r"embeddings\.mask_token$",))
+
+
+def _unflatten_token(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    return t.reshape(1, 1, -1)  # CLIP's class_embedding (D,) -> (1, 1, D)
+
+
+def _batch_axis(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    return t.unsqueeze(0)  # nn.Embedding table (N, D) -> (1, N, D)
+
+
+TOKEN = Transform(_unflatten_token, lambda t, c: t.reshape(-1))
+EMBEDDING_TABLE = Transform(_batch_axis, lambda t, c: t.squeeze(0))
+
+
+def _hf_clip_keymap(cfg: ViTConfig, tower: str) -> KeyMap:
+    """CLIP and SigLIP vision towers (CLIPVisionModel(WithProjection), SiglipVisionModel), and the vision half of
+    CLIPModel / SiglipModel checkpoints (their text tower is left out). `tower`: the vision keys' prefix; the
+    projection is always at the top level."""
+    layer = tower + "encoder.layers.{i}."
+    attn = layer + "self_attn."
+    head = tower + "head."
+    rules = [
+        Rename(tower + "embeddings.class_embedding", "cls_token", TOKEN),
+        Rename(tower + "embeddings.position_embedding.weight", "pos_embed", EMBEDDING_TABLE),
+        Rename(tower + "embeddings.patch_embedding.{p}", "patch_embed.proj.{p}"),
+        Rename(tower + "pre_layrnorm.{p}", "norm_pre.{p}"),
+        Rename(layer + "layer_norm1.{p}", "blocks.{i}.norm1.{p}"),
+        Rename(layer + "layer_norm2.{p}", "blocks.{i}.norm2.{p}"),
+        Fuse((attn + "q_proj.{p}", attn + "k_proj.{p}", attn + "v_proj.{p}"), "blocks.{i}.attn.qkv.{p}"),
+        Rename(attn + "out_proj.{p}", "blocks.{i}.attn.proj.{p}"),
+        Rename(layer + "mlp.fc1.{p}", "blocks.{i}.mlp.fc1.{p}"),
+        Rename(layer + "mlp.fc2.{p}", "blocks.{i}.mlp.fc2.{p}"),
+        Rename(tower + "post_layernorm.{p}", "norm.{p}"),
+        Rename("visual_projection.weight", "proj.weight"),
+        Rename(head + "probe", "attn_pool.latent"),
+        Rename(head + "attention.in_proj_weight", "attn_pool.qkv.weight"),
+        Rename(head + "attention.in_proj_bias", "attn_pool.qkv.bias"),
+        Rename(head + "attention.out_proj.{p}", "attn_pool.proj.{p}"),
+        Rename(head + "layernorm.{p}", "attn_pool.norm.{p}"),
+        Rename(head + "mlp.fc1.{p}", "attn_pool.mlp.fc1.{p}"),
+        Rename(head + "mlp.fc2.{p}", "attn_pool.mlp.fc2.{p}"),
+    ]
+    # the image-text models' other half, and derived index buffers
+    ignore = (r"^text_model\.", r"^text_projection\.", r"^logit_(scale|bias)$", r"position_ids$")
+    return KeyMap("transformers", tuple(rules), ignore=ignore)
 
 
 # -- timm --------------------------------------------------------------------------------------------
@@ -88,8 +170,15 @@ TIMM_BEIT_RULES = (
 )
 
 
+TIMM_MAP_RULES = (  # SigLIP's attention pooling: timm keeps q (for the latent) and kv (for the tokens) apart
+    Fuse(("attn_pool.q.{p}", "attn_pool.kv.{p}"), "attn_pool.qkv.{p}", ratios=(1, 2)),
+)
+
+
 def timm_keymap(cfg: ViTConfig) -> KeyMap:
     rules = TIMM_BEIT_RULES if cfg.family == "beit" else ()
+    if cfg.pool == "map":
+        rules += TIMM_MAP_RULES
     return KeyMap("timm", rules, ignore=DERIVED_BUFFERS, passthrough=True)
 
 

@@ -11,13 +11,15 @@ import json
 from pathlib import Path
 
 from vitkit.checkpoints.convert import VITKIT_CONFIG, VITKIT_PREPROCESS
-from vitkit.checkpoints.hf_config import config_to_hf, hf_architecture, hf_model_type, spec_to_hf
+from vitkit.checkpoints.hf_config import config_from_hf, config_to_hf, hf_architecture, hf_model_type, spec_to_hf
 from vitkit.checkpoints.io import CheckpointError, write_atomic_text, write_tensors
 from vitkit.checkpoints.layouts import JAX_KEYMAP, hf_keymap, timm_keymap
-from vitkit.config import PreprocessSpec
+from vitkit.config import RUNTIME_FIELDS, PreprocessSpec, ViTConfig
 from vitkit.models.vit import VisionTransformer
 
 FORMATS = ("hf", "timm", "safetensors", "jax")
+JAX_PLAIN_FIELDS = ("class_token", "dist_token", "reg_tokens", "class_pos_embed", "abs_pos_embed", "rel_pos_bias",
+                    "qkv_bias", "layer_scale_init", "patch_bias", "pre_norm", "act", "pool", "fc_norm", "proj_dim")
 
 
 def _json(obj) -> str:
@@ -29,12 +31,25 @@ def save_hf(net: VisionTransformer, spec: PreprocessSpec, folder: str | Path) ->
     cfg, folder = net.config, Path(folder)
     _, prefix = hf_architecture(cfg)
     tensors = hf_keymap(cfg, prefix).to_foreign(net.state_dict(), cfg)
-    write_tensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     hf = config_to_hf(cfg)
+    _check_hf_holds(cfg, hf, {k: tuple(v.shape) for k, v in tensors.items()})
+    write_tensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     hf[VITKIT_PREPROCESS] = spec.to_dict()  # exact spec for vitkit; transformers ignores unknown keys
     write_atomic_text(_json(hf), folder / "config.json")
     write_atomic_text(_json(spec_to_hf(spec, hf_model_type(cfg))), folder / "preprocessor_config.json")
     return folder
+
+
+def _check_hf_holds(cfg: ViTConfig, hf: dict, shapes: dict[str, tuple]) -> None:
+    """Refuse, before writing, a network that the transformers class would build differently (e.g. DINOv2
+    without positions for its class token): the config read back must describe the same network."""
+    ignored = {"labels", "family", *RUNTIME_FIELDS} | (set() if cfg.dist_token else {"dist_head"})
+    back = config_from_hf(hf, shapes).to_dict()
+    differ = [k for k, v in cfg.to_dict().items() if k not in ignored and back.get(k) != v]
+    if differ:
+        raise CheckpointError(f"transformers' {hf['architectures'][0]} cannot hold this network: it differs in "
+                              f"{', '.join(f'{k} ({getattr(cfg, k)!r})' for k in differ)}; save --to timm or "
+                              "--to safetensors instead")
 
 
 def _timm_pretrained_cfg(net: VisionTransformer, spec: PreprocessSpec) -> dict:
@@ -70,8 +85,11 @@ def save_vitkit(net: VisionTransformer, spec: PreprocessSpec, target: str | Path
 def save_jax(net: VisionTransformer, spec: PreprocessSpec, target: str | Path) -> Path:
     """Google's vision_transformer .npz layout (plain ViT only: class token, absolute positions)."""
     cfg = net.config
-    if cfg.family == "beit" or cfg.dist_token or cfg.qkv_bias != "qkv":
-        raise CheckpointError("the JAX vision_transformer layout holds plain ViTs only (no BEiT, no distillation)")
+    plain = ViTConfig()  # the layout's structure: every field below at ViT's default
+    fancy = [k for k in JAX_PLAIN_FIELDS if getattr(cfg, k) != getattr(plain, k)]
+    if fancy:
+        raise CheckpointError(f"the JAX vision_transformer layout holds plain ViTs only (this one has "
+                              f"{', '.join(f'{k}={getattr(cfg, k)!r}' for k in fancy)})")
     write_tensors(JAX_KEYMAP.to_foreign(net.state_dict(), cfg), target)
     return Path(target)
 

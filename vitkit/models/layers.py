@@ -1,4 +1,5 @@
-"""Building blocks of the ViT family: patch embedding, attention, MLP, layer scale, drop path, block.
+"""Building blocks of the ViT family: patch embedding, attention, MLP, layer scale, drop path, block, and
+attention pooling (SigLIP's MAP head).
 
 Attention has two paths chosen by one flag: the fused `scaled_dot_product_attention` (default) and a
 readable path that also returns the attention weights (used for attention maps).
@@ -19,7 +20,8 @@ from vitkit.config import ViTConfig
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size,
+                              bias=cfg.patch_bias)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.proj(pixels)  # (B, D, gh, gw)
@@ -69,11 +71,23 @@ class Attention(nn.Module):
         return self.proj(out), weights
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def activation(name: str) -> nn.Module:
+    """'gelu' exact (erf; ViT, DeiT, BEiT, DINOv2), 'gelu_tanh' (SigLIP), 'quick_gelu' (OpenAI CLIP)."""
+    return {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU}[name]()
+
+
 class Mlp(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
-        self.act = nn.GELU()  # exact (erf) GELU, as ViT, DeiT and BEiT were trained
+        self.act = activation(cfg.act)
         self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,3 +141,34 @@ class Block(nn.Module):
     def checkpointed(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Forward that recomputes activations in backward instead of storing them."""
         return checkpoint(lambda t, b: self.forward(t, b)[0], x, bias, use_reentrant=False)
+
+
+class AttentionPool(nn.Module):
+    """SigLIP's MAP head: one learned query attends over all tokens, then a residual MLP; timm's
+    AttentionPoolLatent with the q and kv projections stored as one `qkv` (q rows first)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.scale = cfg.head_dim**-0.5
+        self.latent = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg)
+        self.fused = True
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens (B, N, D) -> one vector per image (B, D), and on the readable path the query's attention
+        weights (B, heads, 1, N)."""
+        B, N, D = x.shape
+        w_q, w_kv = self.qkv.weight.split((D, 2 * D))
+        b_q, b_kv = self.qkv.bias.split((D, 2 * D))
+        q = F.linear(self.latent, w_q, b_q).expand(B, -1, -1)  # (B, 1, D)
+        q = q.reshape(B, 1, self.heads, D // self.heads).transpose(1, 2)  # (B, heads, 1, hd)
+        kv = F.linear(x, w_kv, b_kv).reshape(B, N, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)  # each (B, heads, N, hd)
+        out, weights = attend(q, k, v, None, self.scale, fused=self.fused and not need_weights)
+        out = self.proj(out.transpose(1, 2).reshape(B, 1, D))  # (B, 1, D)
+        out = out + self.mlp(self.norm(out))
+        return out[:, 0], weights

@@ -20,6 +20,19 @@ TIMM_DEIT = PreprocessSpec(crop_pct=0.875, interpolation="bicubic", mean=IMAGENE
 HF_VIT = PreprocessSpec(crop_pct=1.0, resize_mode="exact", interpolation="bilinear", mean=HALF, std=HALF)
 HF_DEIT = PreprocessSpec(crop_pct=0.875, resize_mode="exact", interpolation="bicubic",
                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
+# DINOv2's eval transform (its repo and transformers' BitImageProcessor): shorter side 256, centre crop 224
+DINOV2 = PreprocessSpec(input_size=224, crop_pct=224 / 256, interpolation="bicubic", mean=IMAGENET_MEAN,
+                        std=IMAGENET_STD)
+TIMM_DINOV2 = replace(DINOV2, input_size=518, crop_pct=1.0)  # timm's pretrained_cfg: the native 518 px
+SIGLIP = PreprocessSpec(input_size=224, crop_pct=1.0, resize_mode="exact", interpolation="bicubic", mean=HALF, std=HALF)
+# OpenAI CLIP: shorter side to 224, centre crop 224, bicubic, its own mean / std
+CLIP = PreprocessSpec(input_size=224, crop_pct=1.0, interpolation="bicubic",
+                      mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+DINOV2_FIELDS = dict(layer_scale_init=1e-5, num_classes=0, family="dinov2")
+REG4_FIELDS = dict(DINOV2_FIELDS, reg_tokens=4, class_pos_embed=False)  # timm's layout: no position for class
+DEIT3_FIELDS = dict(layer_scale_init=1e-6, class_pos_embed=False, family="deit3")
+SIGLIP_FIELDS = dict(class_token=False, pool="map", act="gelu_tanh", num_classes=0, family="siglip")
+CLIP_FIELDS = dict(pre_norm=True, patch_bias=False, norm_eps=1e-5, num_classes=0, family="clip")
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,19 @@ ARCHS: dict[str, Arch] = {
     "beit_base_patch16_224": _beit("B/16"),
     "beit_base_patch16_384": _vit("B/16@384", TIMM_AUGREG_FULL, **BEIT_FIELDS),
     "beit_large_patch16_224": _beit("L/16"),
+    "deit3_small_patch16_224": _vit("S/16", TIMM_DEIT, **DEIT3_FIELDS),
+    "deit3_base_patch16_224": _vit("B/16", TIMM_DEIT, **DEIT3_FIELDS),
+    "vit_base_patch16_224_mae": _vit("B/16", TIMM_DEIT, num_classes=0, family="mae"),
+    "vit_small_patch14_dinov2": _vit("S/14@518", TIMM_DINOV2, **DINOV2_FIELDS),
+    "vit_base_patch14_dinov2": _vit("B/14@518", TIMM_DINOV2, **DINOV2_FIELDS),
+    "vit_large_patch14_dinov2": _vit("L/14@518", TIMM_DINOV2, **DINOV2_FIELDS),
+    "vit_small_patch14_reg4_dinov2": _vit("S/14@518", TIMM_DINOV2, **REG4_FIELDS),
+    "vit_base_patch14_reg4_dinov2": _vit("B/14@518", TIMM_DINOV2, **REG4_FIELDS),
+    "vit_large_patch14_reg4_dinov2": _vit("L/14@518", TIMM_DINOV2, **REG4_FIELDS),
+    "vit_base_patch16_siglip_224": _vit("B/16", SIGLIP, **SIGLIP_FIELDS),
+    # CLIP image towers as transformers holds them (projection into the image-text space, no classifier)
+    "vit_base_patch32_clip_224": _vit("B/32", CLIP, **CLIP_FIELDS, act="quick_gelu", proj_dim=512),
+    "vit_base_patch16_clip_224": _vit("B/16", CLIP, **CLIP_FIELDS, act="quick_gelu", proj_dim=512),
     # vitkit's own demo model (examples/train_digits.py): 8x8 digits upscaled to 32 px, one token per source pixel
     "vitkit_digits_patch4_32": Arch(
         ViTConfig(image_size=32, patch_size=4, width=64, depth=6, heads=4, mlp_dim=128, num_classes=10,
@@ -128,6 +154,29 @@ MODELS: dict[str, NamedModel] = {m.hub_id: m for m in (
     NamedModel("facebook/deit-base-distilled-patch16-224", "hf", "deit_base_distilled_patch16_224",
                "imagenet-1k", "apache-2.0", "distilled: class and distillation heads averaged", HF_DEIT,
                _timm_result("deit_base_distilled_patch16_224.fb_in1k", 83.384, 96.492)),
+    NamedModel("timm/deit3_base_patch16_224.fb_in1k", "timm", "deit3_base_patch16_224", "imagenet-1k",
+               "apache-2.0", "DeiT-III: layer scale, positions for the patches only (published top-1 not "
+               "recorded: not verifiable offline)"),
+    NamedModel("timm/vit_base_patch16_224.mae", "timm", "vit_base_patch16_224_mae", "none", "cc-by-nc-4.0",
+               "MAE self-supervised backbone (non-commercial licence); fine-tune or probe it"),
+    *(NamedModel(f"facebook/dinov2-{size}", "hf", f"vit_{size}_patch14_dinov2", "none", "apache-2.0",
+                 "DINOv2 backbone: image-to-image retrieval (class token after the norm)", DINOV2)
+      for size in ("small", "base", "large")),
+    *(NamedModel(f"facebook/dinov2-with-registers-{size}", "hf", f"vit_{size}_patch14_reg4_dinov2", "none",
+                 "apache-2.0", "DINOv2 with 4 registers (never pooled): cleaner attention maps", DINOV2)
+      for size in ("small", "base", "large")),
+    NamedModel("timm/vit_small_patch14_dinov2.lvd142m", "timm", "vit_small_patch14_dinov2", "none", "apache-2.0",
+               "DINOv2 ViT-S/14 in timm's layout (native 518 px)"),
+    NamedModel("google/siglip-base-patch16-224", "hf", "vit_base_patch16_siglip_224", "none", "apache-2.0",
+               "SigLIP image tower: attention-pooled embedding (zero-shot needs the text tower)", SIGLIP),
+    NamedModel("google/siglip2-base-patch16-224", "hf", "vit_base_patch16_siglip_224", "none", "apache-2.0",
+               "SigLIP 2, fixed resolution: image tower", SIGLIP),
+    NamedModel("openai/clip-vit-base-patch32", "hf", "vit_base_patch32_clip_224", "none", "mit",
+               "CLIP image tower: projected embedding in the image-text space", CLIP),
+    NamedModel("openai/clip-vit-base-patch16", "hf", "vit_base_patch16_clip_224", "none", "mit",
+               "CLIP image tower: projected embedding in the image-text space", CLIP),
+    NamedModel("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "hf", "vit_base_patch32_clip_224", "none", "mit",
+               "OpenCLIP LAION-2B ViT-B/32 (GELU), transformers' files", CLIP),
 )}
 
 

@@ -1,4 +1,5 @@
-"""The one Vision Transformer: ViT, DeiT (distilled too) and BEiT are configurations of this class.
+"""The one Vision Transformer: ViT, DeiT (distilled too), BEiT, DeiT-III, MAE, DINOv2 (with registers), CLIP and
+SigLIP image towers are configurations of this class (see vitkit.config).
 
 Its parameter names are vitkit's own state-dict layout; foreign layouts are mapped at the edge
 (`vitkit.checkpoints.keymaps`). Features are separate from the head so that classification,
@@ -20,14 +21,15 @@ import torch
 from torch import nn
 
 from vitkit.config import ViTConfig
-from vitkit.models.layers import Block, PatchEmbed
+from vitkit.models.layers import AttentionPool, Block, PatchEmbed
 from vitkit.models.pos_embed import RelativePositionBias, SizeCache, resample_abs_pos_embed
 
 
 def layer_id(name: str, depth: int) -> int:
     """Layer ids of parameter names: the embedding (patch projection, class/distillation tokens, positions, a
     shared BEiT table) is 0, block i is i + 1, everything after the blocks (norms, pre-logits, heads) depth + 1."""
-    if name.startswith(("patch_embed.", "cls_token", "dist_token", "pos_embed", "rel_pos.")):
+    if name.startswith(("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed", "rel_pos.",
+                        "norm_pre.")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
@@ -46,9 +48,12 @@ class VisionTransformer(nn.Module):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         if cfg.dist_token:
             self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        if cfg.reg_tokens:
+            self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, cfg.width))
         if cfg.abs_pos_embed:
-            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + cfg.grid**2, cfg.width))
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.pos_prefix_tokens + cfg.grid**2, cfg.width))
             self._pos_cache = SizeCache()
+        self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         if cfg.rel_pos_bias == "shared":
             self.rel_pos = RelativePositionBias(grid, cfg.heads, cfg.rel_pos_resize)
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear stochastic depth
@@ -58,11 +63,15 @@ class VisionTransformer(nn.Module):
                 block.rel_pos = RelativePositionBias(grid, cfg.heads, cfg.rel_pos_resize)
         self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
+        if cfg.pool == "map":
+            self.attn_pool = AttentionPool(cfg)
         if cfg.pre_logits_dim:
             self.pre_logits = nn.Sequential()
             self.pre_logits.add_module("fc", nn.Linear(cfg.width, cfg.pre_logits_dim))
             self.pre_logits.add_module("act", nn.Tanh())
-        features = cfg.pre_logits_dim or cfg.width
+        if cfg.proj_dim:
+            self.proj = nn.Linear(cfg.width, cfg.proj_dim, bias=False)
+        features = cfg.embed_dim
         self.head = nn.Linear(features, cfg.num_classes) if cfg.num_classes else nn.Identity()
         if cfg.dist_token and cfg.dist_head:
             self.head_dist = nn.Linear(features, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -80,13 +89,15 @@ class VisionTransformer(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for name in ("cls_token", "dist_token", "pos_embed"):
+        for name in ("cls_token", "dist_token", "reg_token", "pos_embed"):
             if hasattr(self, name):
                 nn.init.trunc_normal_(getattr(self, name), std=0.02)
 
     def set_fused_attention(self, fused: bool) -> None:
         for block in self.blocks:
             block.attn.fused = fused
+        if hasattr(self, "attn_pool"):
+            self.attn_pool.fused = fused
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -95,13 +106,14 @@ class VisionTransformer(nn.Module):
     def reset_classifier(self, labels: Sequence[str]) -> None:
         """A new head (and distillation head) for `labels`, initialised as `init_weights` does (truncated normal,
         std 0.02; zero bias); a pre-logits layer goes with the old head, as transformers and timm drop it when
-        fine-tuning (their classifiers read the class token directly)."""
+        fine-tuning (their classifiers read the class token directly). An output projection (CLIP) stays: the
+        new head reads the projected embedding."""
         self.config = self.config.replace(num_classes=len(labels), labels=tuple(labels), pre_logits_dim=0)
         if hasattr(self, "pre_logits"):
             del self.pre_logits
         heads = ["head"] + (["head_dist"] if self.config.dist_token and self.config.dist_head else [])
         for name in heads:
-            layer = nn.Linear(self.config.width, len(labels))
+            layer = nn.Linear(self.config.embed_dim, len(labels))
             nn.init.trunc_normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
             setattr(self, name, layer)
@@ -116,18 +128,24 @@ class VisionTransformer(nn.Module):
             return self.pos_embed
         cfg = self.config
         resample = lambda: resample_abs_pos_embed(  # noqa: E731
-            self.pos_embed, grid, cfg.num_prefix_tokens, antialias=cfg.pos_embed_antialias)
+            self.pos_embed, grid, cfg.pos_prefix_tokens, antialias=cfg.pos_embed_antialias)
         return self._pos_cache.get(self.pos_embed, grid, resample)
 
     def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Pixels (B, C, H, W) -> tokens (B, P + gh*gw, D) with prefix tokens and positions added."""
+        """Pixels (B, C, H, W) -> tokens (B, P + gh*gw, D): class, distillation and register tokens, then the
+        patches, with positions added to the patches (and to class/distillation when class_pos_embed)."""
+        cfg = self.config
         x, grid = self.patch_embed(pixels)  # (B, gh*gw, D)
-        prefix = [getattr(self, name).expand(x.shape[0], -1, -1) for name in ("cls_token", "dist_token")
-                  if hasattr(self, name)]
-        x = torch.cat(prefix + [x], dim=1)  # (B, P + gh*gw, D)
-        if self.config.abs_pos_embed:
-            x = x + self._pos_embed_for(grid)
-        return x, grid
+        B = x.shape[0]
+        prefix = [getattr(self, name) for name in ("cls_token", "dist_token") if hasattr(self, name)]
+        prefix = torch.cat(prefix, dim=1) if prefix else x.new_zeros(1, 0, cfg.width)  # (1, P0, D)
+        if cfg.abs_pos_embed:
+            pos = self._pos_embed_for(grid)  # (1, P0' + gh*gw, D), P0' = P0 or 0
+            x = x + pos[:, cfg.pos_prefix_tokens:]
+            prefix = prefix + pos[:, :cfg.pos_prefix_tokens] if cfg.pos_prefix_tokens else prefix
+        parts = [prefix.expand(B, -1, -1)] + ([self.reg_token.expand(B, -1, -1)] if cfg.reg_tokens else [])
+        x = torch.cat(parts + [x], dim=1)  # (B, P + gh*gw, D)
+        return self.norm_pre(x), grid
 
     def _run_blocks(self, x: torch.Tensor, grid, need_weights: bool = False):
         """Yields (block index, tokens after it, attention weights or None)."""
@@ -178,10 +196,14 @@ class VisionTransformer(nn.Module):
         cfg = self.config
         if cfg.pool == "mean":
             pooled = [tokens[:, cfg.num_prefix_tokens:].mean(dim=1)]  # [(B, D)]
+        elif cfg.pool == "map":
+            pooled = [self.attn_pool(tokens)[0]]  # [(B, D)]
         else:
             pooled = [tokens[:, i] for i in range(1 + int(cfg.dist_token and cfg.dist_head))]
         pooled = [self.fc_norm(p) for p in pooled]
-        return [self.pre_logits(p) for p in pooled] if cfg.pre_logits_dim else pooled
+        if cfg.pre_logits_dim:
+            return [self.pre_logits(p) for p in pooled]
+        return [self.proj(p) for p in pooled] if cfg.proj_dim else pooled  # [(B, D')]
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, T, D) -> logits (B, C), or the pre-logit features (B, D') with pre_logits=True.
@@ -195,12 +217,15 @@ class VisionTransformer(nn.Module):
 
     def pool(self, tokens: torch.Tensor, kind: str, final: bool = True) -> torch.Tensor:
         """Tokens (B, T, D) -> one embedding per image: 'cls' the class token (B, D), 'mean' the patch-token
-        mean (B, D; then fc_norm when the model pools that way and these are the final tokens), 'prelogits'
-        the head's input (B, D', final tokens only), 'tokens' every token (B, T, D). `final`: the tokens
+        mean (B, D; registers left out; then fc_norm when the model pools that way and these are the final
+        tokens), 'prelogits' the head's input (B, D', final tokens only: the pooler, CLIP's projection or
+        SigLIP's attention pooling included), 'tokens' every token (B, T, D). `final`: the tokens
         after the final norm (forward_features), else one block's raw hidden states."""
         if kind == "tokens":
             return tokens
         if kind == "cls":
+            if not self.config.class_token:
+                raise ValueError("this model has no class token: pool 'mean', 'prelogits' or 'tokens'")
             return tokens[:, 0]  # (B, D)
         if kind == "prelogits":
             if not final:

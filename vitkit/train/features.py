@@ -98,7 +98,7 @@ class FeatureExtractor:
         self.digest = backbone_digest(net)
         self.net = prepare(copy.deepcopy(net).eval(), "eager", "fp32", device)
         self.device, self.batch_size, self.workers, self.progress = device, batch_size, workers, progress
-        width = net.config.pre_logits_dim or net.config.width
+        width = net.config.embed_dim
         self.width = width
 
     def features(self, items: list[Item], transform, seed: int, view: int, what: str) -> torch.Tensor:

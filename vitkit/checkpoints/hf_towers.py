@@ -1,0 +1,101 @@
+"""transformers' config.json <-> ViTConfig for the self-supervised and image-text families: ViTMAE, DINOv2 (with
+registers), CLIP and SigLIP vision towers. (ViT, DeiT and BEiT are in hf_config.py, which dispatches here.)
+
+  model_type                 vitkit family  what differs from ViT
+  vit_mae                    mae            nothing at inference (the encoder without masking)
+  dinov2                     dinov2         patch 14, layer scale, MLP from mlp_ratio, positions at 518 px
+  dinov2_with_registers      dinov2         + register tokens; positions resampled with antialias
+  clip(_vision_model)        clip           pre-norm, no patch bias, projection, quick-GELU (OpenAI) or GELU
+  siglip(_vision_model)      siglip         no class token, attention pooling, tanh-GELU
+
+Image-text configs (`clip`, `siglip`) are read through their `vision_config`.
+
+Try it:  python -m pytest tests/test_parity_families.py -q
+"""
+
+from __future__ import annotations
+
+TOWER_TYPES = ("vit_mae", "dinov2", "dinov2_with_registers", "clip", "clip_vision_model", "siglip",
+               "siglip_vision_model")
+ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+def _act(hf: dict) -> str:
+    name = hf.get("hidden_act", "gelu")
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {name!r}: vitkit runs {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def _has(shapes: dict[str, tuple], suffix: str) -> bool:
+    return any(k.endswith(suffix) for k in shapes)
+
+
+def tower_fields(hf: dict, shapes: dict[str, tuple], side) -> dict:
+    """ViTConfig fields for one of TOWER_TYPES (`side` reads an int / [h, w] / {height, width} size)."""
+    model_type = hf["model_type"]
+    if model_type in ("clip", "siglip"):
+        hf = {**hf["vision_config"], "projection_dim": hf.get("projection_dim")}
+    base = dict(image_size=side(hf.get("image_size", 224), "image_size"),
+                patch_size=side(hf.get("patch_size", 16), "patch_size"), in_chans=hf.get("num_channels", 3),
+                width=hf["hidden_size"], depth=hf["num_hidden_layers"], heads=hf["num_attention_heads"],
+                act=_act(hf), pos_embed_antialias=False, num_classes=0)
+    if model_type == "vit_mae":
+        return dict(base, mlp_dim=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-12),
+                    qkv_bias="qkv" if hf.get("qkv_bias", True) else "none", family="mae")
+    if model_type.startswith("dinov2"):
+        if hf.get("use_swiglu_ffn"):
+            raise ValueError("DINOv2 with a SwiGLU MLP (the giant model) is not supported yet")
+        if _has(shapes, "classifier.weight"):
+            raise ValueError("Dinov2ForImageClassification (a head on class token + patch mean) is not supported "
+                             "yet: load the backbone (Dinov2Model) and fine-tune or probe it with vitkit")
+        return dict(base, mlp_dim=int(hf["hidden_size"] * hf.get("mlp_ratio", 4)),
+                    norm_eps=hf.get("layer_norm_eps", 1e-6), qkv_bias="qkv" if hf.get("qkv_bias", True) else "none",
+                    layer_scale_init=hf.get("layerscale_value", 1.0), reg_tokens=hf.get("num_register_tokens", 0),
+                    pos_embed_antialias=model_type == "dinov2_with_registers", family="dinov2")
+    common = dict(base, mlp_dim=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-5))
+    if model_type.startswith("clip"):
+        proj = next((v[0] for k, v in shapes.items() if k.endswith("visual_projection.weight")), 0)
+        return dict(common, pre_norm=True, patch_bias=False, proj_dim=proj, family="clip")
+    head = _has(shapes, "head.probe")
+    return dict(common, class_token=False, pool="map" if head else "mean", family="siglip")
+
+
+def tower_model_type(cfg) -> str:
+    return {"mae": "vit_mae", "clip": "clip_vision_model", "siglip": "siglip_vision_model"}.get(
+        cfg.family, "dinov2_with_registers" if cfg.reg_tokens else "dinov2")
+
+
+def tower_architecture(cfg) -> str:
+    return {"vit_mae": "ViTMAEModel", "dinov2": "Dinov2Model", "dinov2_with_registers": "Dinov2WithRegistersModel",
+            "clip_vision_model": "CLIPVisionModelWithProjection" if cfg.proj_dim else "CLIPVisionModel",
+            "siglip_vision_model": "SiglipVisionModel"}[tower_model_type(cfg)]
+
+
+def tower_to_hf(cfg) -> dict:
+    """config.json of the transformers class that holds `cfg` (a backbone: these families have no classifier
+    class in transformers that vitkit writes)."""
+    if cfg.num_classes:
+        raise ValueError(f"transformers has no {cfg.family} classifier class that vitkit writes: save with "
+                         "--to timm or --to safetensors, or save the backbone (num_classes=0)")
+    model_type = tower_model_type(cfg)
+    act = {v: k for k, v in ACTIVATIONS.items() if k != "gelu_new"}[cfg.act]
+    hf = dict(model_type=model_type, architectures=[tower_architecture(cfg)], hidden_size=cfg.width,
+              num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads, hidden_act=act,
+              layer_norm_eps=cfg.norm_eps, image_size=cfg.image_size, patch_size=cfg.patch_size,
+              num_channels=cfg.in_chans, torch_dtype="float32")
+    if model_type.startswith("dinov2"):
+        ratio = cfg.mlp_dim / cfg.width
+        hf.update(mlp_ratio=int(ratio) if ratio.is_integer() else ratio, layerscale_value=cfg.layer_scale_init or 1.0,
+                  qkv_bias=cfg.qkv_bias == "qkv", use_swiglu_ffn=False, drop_path_rate=0.0)
+        if cfg.reg_tokens:
+            hf["num_register_tokens"] = cfg.reg_tokens
+    else:
+        hf["intermediate_size"] = cfg.mlp_dim
+    if model_type == "vit_mae":
+        hf.update(qkv_bias=cfg.qkv_bias == "qkv", mask_ratio=0.0)
+    if cfg.proj_dim:
+        hf["projection_dim"] = cfg.proj_dim
+    if model_type == "siglip_vision_model":
+        hf["vision_use_head"] = cfg.pool == "map"
+    return hf
