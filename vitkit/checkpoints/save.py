@@ -26,13 +26,21 @@ def _json(obj) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
+class LayoutCannotHold(CheckpointError):
+    """The format has no place for this network (nothing was written)."""
+
+
 def save_hf(net: VisionTransformer, spec: PreprocessSpec, folder: str | Path) -> Path:
-    """A folder that transformers' AutoModel / *ForImageClassification and AutoImageProcessor load."""
+    """A folder that transformers' AutoModel / *ForImageClassification and AutoImageProcessor load. Raises
+    LayoutCannotHold, before writing anything, for a network no transformers class holds."""
     cfg, folder = net.config, Path(folder)
-    _, prefix = hf_architecture(cfg)
-    tensors = hf_keymap(cfg, prefix).to_foreign(net.state_dict(), cfg)
-    hf = config_to_hf(cfg)
-    _check_hf_holds(cfg, hf, {k: tuple(v.shape) for k, v in tensors.items()})
+    try:
+        _, prefix = hf_architecture(cfg)
+        tensors = hf_keymap(cfg, prefix).to_foreign(net.state_dict(), cfg)
+        hf = config_to_hf(cfg)
+        _check_hf_holds(cfg, hf, {k: tuple(v.shape) for k, v in tensors.items()})
+    except (ValueError, CheckpointError) as err:
+        raise LayoutCannotHold(str(err)) from None
     write_tensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     hf[VITKIT_PREPROCESS] = spec.to_dict()  # exact spec for vitkit; transformers ignores unknown keys
     write_atomic_text(_json(hf), folder / "config.json")
@@ -72,6 +80,18 @@ def save_timm(net: VisionTransformer, spec: PreprocessSpec, target: str | Path, 
                 label_names=list(cfg.labels), pretrained_cfg=_timm_pretrained_cfg(net, spec))
     write_atomic_text(_json(meta), target / "config.json")
     return target
+
+
+def save_folder(net: VisionTransformer, spec: PreprocessSpec, folder: str | Path) -> str:
+    """A model folder every vitkit loader reads: transformers' layout when one of its classes holds the network
+    (then transformers reads it too), else vitkit's safetensors (config and preprocessing inside) as
+    folder/model.safetensors (e.g. a DINOv2, CLIP or SigLIP backbone with a new classifier). Returns the layout."""
+    try:
+        save_hf(net, spec, folder)
+        return "hf"
+    except LayoutCannotHold:
+        save_vitkit(net, spec, Path(folder) / "model.safetensors")
+        return "vitkit"
 
 
 def save_vitkit(net: VisionTransformer, spec: PreprocessSpec, target: str | Path) -> Path:

@@ -137,14 +137,16 @@ class VisionTransformer(nn.Module):
         cfg = self.config
         x, grid = self.patch_embed(pixels)  # (B, gh*gw, D)
         B = x.shape[0]
-        prefix = [getattr(self, name) for name in ("cls_token", "dist_token") if hasattr(self, name)]
-        prefix = torch.cat(prefix, dim=1) if prefix else x.new_zeros(1, 0, cfg.width)  # (1, P0, D)
+        prefix = [getattr(self, name) for name in ("cls_token", "dist_token") if hasattr(self, name)]  # [(1, 1, D)]
         if cfg.abs_pos_embed:
-            pos = self._pos_embed_for(grid)  # (1, P0' + gh*gw, D), P0' = P0 or 0
+            pos = self._pos_embed_for(grid)  # (1, P0 + gh*gw, D) with P0 = pos_prefix_tokens (0 or the prefix)
             x = x + pos[:, cfg.pos_prefix_tokens:]
-            prefix = prefix + pos[:, :cfg.pos_prefix_tokens] if cfg.pos_prefix_tokens else prefix
-        parts = [prefix.expand(B, -1, -1)] + ([self.reg_token.expand(B, -1, -1)] if cfg.reg_tokens else [])
-        x = torch.cat(parts + [x], dim=1)  # (B, P + gh*gw, D)
+            if cfg.pos_prefix_tokens:
+                prefix = [token + pos[:, i:i + 1] for i, token in enumerate(prefix)]
+        if cfg.reg_tokens:
+            prefix.append(self.reg_token)  # (1, R, D)
+        # no empty tensor joins the concatenation: ONNX shape inference would count it as one token
+        x = torch.cat([t.expand(B, -1, -1) for t in prefix] + [x], dim=1) if prefix else x  # (B, P + gh*gw, D)
         return self.norm_pre(x), grid
 
     def _run_blocks(self, x: torch.Tensor, grid, need_weights: bool = False):

@@ -59,7 +59,7 @@ def network_at_size(net: VisionTransformer, image_size: int) -> VisionTransforme
     out = copy.deepcopy(net).eval().requires_grad_(False)
     out.config = cfg.replace(image_size=image_size, drop_path=0.0)
     if cfg.abs_pos_embed:
-        pos = resample_abs_pos_embed(net.pos_embed.detach(), grid, cfg.num_prefix_tokens,
+        pos = resample_abs_pos_embed(net.pos_embed.detach(), grid, cfg.pos_prefix_tokens,
                                      antialias=cfg.pos_embed_antialias)
         out.pos_embed = nn.Parameter(pos.clone(), requires_grad=False)
     if cfg.rel_pos_bias != "none":

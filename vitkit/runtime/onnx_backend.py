@@ -102,7 +102,7 @@ class OnnxNet(nn.Module):
 
     def _mean_is_prelogits(self) -> bool:
         cfg = self.config
-        return cfg.pool == "mean" and not cfg.pre_logits_dim
+        return cfg.pool == "mean" and not cfg.pre_logits_dim and not cfg.proj_dim
 
     def pool_pixels(self, pixels: torch.Tensor, pool: str) -> torch.Tensor:
         """(B, 3, S, S) -> un-normalized embeddings as `Model.embed_pixels` pools the final layer: 'cls' (B, D),
@@ -114,6 +114,8 @@ class OnnxNet(nn.Module):
         if pool == "tokens":
             return tokens
         if pool == "cls":
+            if not self.config.class_token:
+                raise ValueError("this model has no class token: pool 'mean', 'prelogits' or 'tokens'")
             return tokens[:, 0]
         if pool == "prelogits":
             return torch.from_numpy(out[PRE_LOGITS])

@@ -21,7 +21,8 @@ from torch import nn
 from vitkit.models.layers import Attention, Block, LayerScale, PatchEmbed, attend
 from vitkit.runtime.memory import release_file_pages
 
-ACTIVATIONS = {"none": ("none", ""), "gelu": ("gelu", "none")}  # (oneDNN post-op, algorithm): exact erf GELU
+# (oneDNN post-op, algorithm): exact erf GELU, tanh GELU (SigLIP); quick-GELU (CLIP) has no post-op: run after
+ACTIVATIONS = {"none": ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
 
 
 def packing_available() -> bool:
@@ -138,7 +139,10 @@ class InferenceBlock(nn.Module):
         if qv_bias:  # keep the learned parameters' keys for state_dict (they are folded into qkv's bias)
             self.q_bias, self.v_bias = attn.q_bias, attn.v_bias
         self.proj = packed_linear(attn.proj, dtype, scale=gamma1)
-        self.fc1 = packed_linear(block.mlp.fc1, dtype, activation="gelu")
+        act = block.mlp.act
+        fused = {"none": "gelu", "tanh": "gelu_tanh"}.get(getattr(act, "approximate", None))
+        self.act = nn.Identity() if fused else act  # an activation oneDNN cannot fuse runs after fc1
+        self.fc1 = packed_linear(block.mlp.fc1, dtype, activation=fused or "none")
         self.fc2 = packed_linear(block.mlp.fc2, dtype, scale=gamma2)
         if gamma1 is not None:  # folded; kept as parameters so state_dict keeps its keys
             self.gamma1, self.gamma2 = gamma1, gamma2
@@ -159,7 +163,7 @@ class InferenceBlock(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False):
         heads_out, weights = self._attend(self.norm1(x), bias, need_weights)
         x = self.proj(heads_out, residual=x)  # x + gamma1 * proj(attn)
-        x = self.fc2(self.fc1(self.norm2(x)), residual=x)  # x + gamma2 * fc2(gelu(fc1(norm2(x))))
+        x = self.fc2(self.act(self.fc1(self.norm2(x))), residual=x)  # x + gamma2 * fc2(act(fc1(norm2(x))))
         return x, weights
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):

@@ -15,7 +15,7 @@ import torch
 from vitkit.models.vit import VisionTransformer
 
 RECIPES = ("linear-probe", "freeze", "full")
-NO_DECAY_NAMES = ("cls_token", "dist_token", "pos_embed", "rel_pos.table")
+NO_DECAY_NAMES = ("cls_token", "dist_token", "reg_token", "pos_embed", "rel_pos.table", "attn_pool.latent")
 
 
 def apply_recipe(net: VisionTransformer, recipe: str, freeze_blocks: int = 0) -> None:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from vitkit.api import load as load_model, resolve_device
 from vitkit.checkpoints.io import atomic_path, publish, write_atomic_text
-from vitkit.checkpoints.save import save_hf
+from vitkit.checkpoints.save import save_folder
 from vitkit.data.workers import die_with_parent
 from vitkit.models.vit import VisionTransformer
 from vitkit.batch import distributed
@@ -330,7 +330,7 @@ class Trainer:
 
     def _save_model(self) -> None:
         if self.rank == 0:
-            save_hf(self._eval_net(), self.spec, self.out)
+            save_folder(self._eval_net(), self.spec, self.out)
 
     def _save_checkpoint(self) -> None:
         if self.rank != 0:
