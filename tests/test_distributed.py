@@ -34,7 +34,7 @@ BATCH, CHUNK = 8, 16  # 10 chunks, the last of 6: rank 0 takes 0, 2, ..., 8 and 
 TOL = 1e-5
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # torchrun processes: full suite only
 
 
 def _ok(result) -> str:

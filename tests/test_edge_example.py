@@ -52,6 +52,8 @@ ALLOWED_IN_VENV = {*PACKAGES, "pip", "setuptools", "wheel"}
 TOL = 1e-4
 
 
+pytestmark = pytest.mark.slow  # runs the example in a subprocess: full suite only
+
 def _bin(venv: Path, name: str) -> Path:
     return venv / ("Scripts" if os.name == "nt" else "bin") / name
 

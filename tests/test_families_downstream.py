@@ -1,5 +1,5 @@
-"""Every capability on a tiny model of each new family (DINOv2, DINOv2 with registers, DeiT-III, MAE, CLIP,
-SigLIP): the packed inference runtime, ONNX export with its parity gate, INT8 quantization, attention maps,
+"""Every capability on a tiny model of each new family (DINOv2, DINOv2 with registers, DINOv3 with and without
+SwiGLU, DeiT-III, MAE, CLIP, SigLIP): the packed inference runtime, ONNX export with its parity gate, INT8 quantization, attention maps,
 fine-tuning, the image index with retrieval evaluation, and the serving engine, each checked against a direct
 computation with the plain network.
 
@@ -32,6 +32,10 @@ TINY = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64,
 FAMILIES = {
     "dinov2": dict(image_size=48, layer_scale_init=0.5, family="dinov2"),  # positions learned at 48, run at 32
     "dinov2-registers": dict(image_size=48, layer_scale_init=0.5, reg_tokens=2, family="dinov2"),
+    "dinov3": dict(abs_pos_embed=False, rope="dinov3", reg_tokens=2, layer_scale_init=0.5, qkv_bias="qv",
+                   family="dinov3"),
+    "dinov3-swiglu": dict(abs_pos_embed=False, rope="dinov3", reg_tokens=1, mlp="swiglu", act="silu",
+                          family="dinov3"),
     "deit3": dict(layer_scale_init=0.5, class_pos_embed=False, family="deit3"),
     "mae": dict(family="mae"),
     "clip": dict(pre_norm=True, patch_bias=False, act="quick_gelu", proj_dim=16, norm_eps=1e-5, family="clip"),
@@ -132,23 +136,41 @@ def test_attention_maps_cover_the_patch_grid_only(family, files, colours):
     assert [a.shape for a in attention] == [(1, 2, tokens, tokens)] * 2  # registers in the attention, not the map
 
 
-@pytest.mark.parametrize("family", ["dinov2-registers", "clip", "siglip"])
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["dinov2-registers", "dinov3", "clip", "siglip"])
 def test_finetune_learns_colours_with_the_defaults(family, files, tmp_path):
     data = colour_images(tmp_path / "data", per_class=16, seed=1)
-    out = tmp_path / "run"
-    code, stdout, err = run_cli(["finetune", data, "--model", files[family], "--out", out, "--epochs", "3",
+    run = tmp_path / "run"
+    code, stdout, err = run_cli(["finetune", data, "--model", files[family], "--out", run, "--epochs", "3",
                                  "--workers", "0"])
     assert code == 0, err
-    tuned = vitkit.load(str(out))
+    tuned = vitkit.load(str(run))
     assert tuned.config.family == FAMILIES[family]["family"] and tuned.labels == ("blue", "green", "red")
     test = colour_images(tmp_path / "test", per_class=6, seed=2)
     paths = sorted(test.glob("*/*.png"))
     predicted = [p[0].label for p in tuned.classify([str(p) for p in paths], top_k=1)]
     accuracy = np.mean([pred == path.parent.name for pred, path in zip(predicted, paths)])
     assert accuracy > 0.8, (accuracy, stdout[-500:])  # chance is 1/3
+    code, out, err = run_cli(["eval", test, "--model", run, "--json", "--no-progress", "--workers", "0"])
+    assert code == 0, err
+    assert json.loads(out)["top1"] == pytest.approx(accuracy, abs=1e-9)  # `vitkit eval` scores the same
 
 
-@pytest.mark.parametrize("family", ["dinov2-registers", "clip", "siglip"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_decay_groups_know_the_new_parameters(family, files):
+    from vitkit.train.optim import NO_DECAY_NAMES
+
+    net = vitkit.load(str(files[family])).net
+    depth = net.config.depth
+    for name, _ in net.named_parameters():
+        if name.startswith(("reg_token", "norm_pre.", "cls_token", "pos_embed", "patch_embed.")):
+            assert net.layer_of(name) == 0, name
+        if name.startswith(("attn_pool.", "proj.", "head.", "norm.")):
+            assert net.layer_of(name) == depth + 1, name
+    assert {"reg_token", "attn_pool.latent"} <= set(NO_DECAY_NAMES)
+
+
+@pytest.mark.parametrize("family", ["dinov2-registers", "dinov3", "clip", "siglip"])
 def test_index_search_and_retrieval_evaluation(family, files, colours, tmp_path, monkeypatch):
     pytest.importorskip("lancedb")
     db = tmp_path / "db"

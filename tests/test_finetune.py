@@ -79,7 +79,7 @@ DOGS = {160: "Afghan_hound", 170: "Irish_wolfhound", 190: "Sealyham_terrier", 20
 # ----------------------------------------------------------------------------- data, model, helpers
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # training runs: full suite only
 
 
 def draw(label: int, index: int) -> Image.Image:

@@ -88,6 +88,7 @@ def test_the_decoder_allowlist_leaves_pillow_plugins_unrun():
 
 
 # ----------------------------------------------------------------------------- 3: any decoder failure is a row
+@pytest.mark.slow
 def test_a_corrupt_avif_is_its_own_row_in_every_batch_command(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -191,6 +192,7 @@ def test_a_fifo_on_the_command_line_gets_an_error_row(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 8: strange names
+@pytest.mark.slow
 def test_names_that_are_not_utf8_or_hold_a_newline(tmp_path):
     folder = tmp_path / "photos"
     (folder / "one").mkdir(parents=True)
@@ -287,6 +289,7 @@ def test_bad_settings_are_refused_at_parse_time(tmp_path, extra):
     assert f"argument {extra[0]}" in result["stderr"]
 
 
+@pytest.mark.slow
 def test_settings_checked_against_the_model_before_any_work(tmp_path):
     photo = hostile.photo(tmp_path / "a.png")
     layers = run_measured(["embed", photo, *MODEL, "--layers", "12", "-o", tmp_path / "e.npy"], tmp_path)

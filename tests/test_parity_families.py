@@ -1,5 +1,5 @@
 """Parity with transformers for the self-supervised and image-text families: ViTMAE (encoder, no masking),
-DINOv2, DINOv2 with registers, CLIP vision towers (with and without the projection, alone and inside CLIPModel)
+DINOv2, DINOv2 with registers, DINOv3 (2-D RoPE; also with SwiGLU), CLIP vision towers (with and without the projection, alone and inside CLIPModel)
 and SigLIP vision towers (alone and inside SiglipModel). Every parameter randomised, saved with
 save_pretrained, loaded by vitkit -> the same pooled embedding, final tokens and hidden state of every layer
 (max abs diff <= 1e-4) at the native size and at other sizes; then vitkit -> save_hf -> transformers'
@@ -55,6 +55,11 @@ CASES = {
     "dinov2": Case("Dinov2Model", "Dinov2Config", dict(TINY, mlp_ratio=2, layerscale_value=0.5), "dinov2"),
     "dinov2-registers": Case("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig",
                              dict(TINY, mlp_ratio=2, num_register_tokens=3), "dinov2"),
+    "dinov3": Case("DINOv3ViTModel", "DINOv3ViTConfig", dict(TINY, intermediate_size=96, num_register_tokens=2,
+                                                              layerscale_value=0.5, rope_theta=50.0), "dinov3"),
+    "dinov3-swiglu-all-biases": Case("DINOv3ViTModel", "DINOv3ViTConfig",
+                                     dict(TINY, intermediate_size=80, use_gated_mlp=True, hidden_act="silu",
+                                          key_bias=True), "dinov3"),
     "clip-vision": Case("CLIPVisionModel", "CLIPVisionConfig", CLIP, "clip"),
     "clip-vision-projection": Case("CLIPVisionModelWithProjection", "CLIPVisionConfig", CLIP, "clip"),
     "clip-gelu-image-text": Case("CLIPModel", "CLIPConfig", dict(CLIP, hidden_act="gelu"), "clip", text=True),
@@ -67,6 +72,8 @@ CASES = {
 def reference(model, x: torch.Tensor, native: bool) -> dict:
     """transformers' pooled image embedding, final tokens and every hidden state."""
     kwargs = dict(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=not native)
+    if isinstance(model, transformers.DINOv3ViTModel):  # rotary positions: any size, no flag
+        del kwargs["interpolate_pos_encoding"]
     if isinstance(model, transformers.ViTMAEModel):  # keep every patch, in order
         kwargs["noise"] = torch.arange(x.shape[-2] // 8 * (x.shape[-1] // 8), dtype=torch.float32).expand(x.shape[0], -1)
     tower = getattr(model, "vision_model", None)

@@ -12,6 +12,8 @@ Every family is one network that differs by fields of `ViTConfig`:
   CLIP     ViT + a LayerNorm before the blocks (`pre_norm`), quick-GELU, no patch bias, an output projection
            (`proj_dim`) after the pooled class token
   SigLIP   no class token, tanh-GELU, attention pooling (`pool="map"`: one learned query over the tokens)
+  DINOv3   no absolute positions: 2-D rotary embeddings (`rope="dinov3"`), registers, layer scale, no key bias;
+           its large models a SwiGLU MLP (`mlp="swiglu"`)
 
 Try it:  python -c "from vitkit.config import variant; print(variant('B/16'))"
 """
@@ -67,14 +69,17 @@ class ViTConfig:
     layer_scale_init: float | None = None  # BEiT, DeiT-III, DINOv2: per-channel residual scale
     patch_bias: bool = True  # CLIP: the patch projection has no bias
     pre_norm: bool = False  # CLIP: LayerNorm on the embedded tokens, before the blocks
-    act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"  # MLP activation: erf GELU, SigLIP's, CLIP's
+    act: Literal["gelu", "gelu_tanh", "quick_gelu", "silu"] = "gelu"  # erf GELU, SigLIP's, CLIP's, SwiGLU's gate
+    mlp: Literal["plain", "swiglu"] = "plain"  # swiglu: fc2(act(fc1_g x) * fc1_x x), mlp_dim wide
+    rope: Literal["none", "dinov3"] = "none"  # rotary positions on the patch tokens' queries and keys
+    rope_theta: float = 100.0
     pool: Literal["cls", "mean", "map"] = "cls"  # mean: patch-token average (BEiT); map: attention pooling (SigLIP)
     fc_norm: bool = False  # norm after pooling instead of before (BEiT mean pooling)
     pre_logits_dim: int = 0  # dense + tanh "pooler"/representation layer (JAX in21k, HF ViTModel)
     proj_dim: int = 0  # CLIP: linear projection (no bias) of the pooled token into the shared image-text space
     norm_eps: float = 1e-6
     drop_path: float = 0.0
-    family: Literal["vit", "deit", "beit", "deit3", "mae", "dinov2", "clip", "siglip"] = "vit"  # names when saving
+    family: Literal["vit", "deit", "beit", "deit3", "mae", "dinov2", "dinov3", "clip", "siglip"] = "vit"  # names when saving
     labels: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -98,6 +103,9 @@ class ViTConfig:
             raise ValueError("a distillation token needs a class token")
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool 'cls' needs a class token: use pool 'mean' or 'map'")
+        if self.rope != "none" and self.head_dim % 4:
+            raise ValueError(f"2-D rotary embeddings need a head size divisible by 4, got {self.head_dim}")
+        check_float("rope_theta", self.rope_theta, 0.0, 1e9, low_open=True)
         if self.pre_logits_dim and self.proj_dim:
             raise ValueError("a model has a pre-logits layer or an output projection, not both")
         if not self.labels and self.num_classes:  # ImageNet-1k names for 1000 classes, else class_<i>

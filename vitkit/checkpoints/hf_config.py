@@ -13,7 +13,7 @@ from vitkit.config import ViTConfig, PreprocessSpec
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 RESAMPLE_CODE = {name: code for code, name in PIL_RESAMPLE.items()}
 SUPPORTED_TYPES = ("vit", "deit", "beit") + TOWER_TYPES
-TOWER_FAMILIES = ("mae", "dinov2", "clip", "siglip")
+TOWER_FAMILIES = ("mae", "dinov2", "dinov3", "clip", "siglip")
 
 
 def _side(value, what: str) -> int:

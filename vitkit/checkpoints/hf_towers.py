@@ -7,6 +7,8 @@ registers), CLIP and SigLIP vision towers. (ViT, DeiT and BEiT are in hf_config.
   dinov2_with_registers      dinov2         + register tokens; positions resampled with antialias
   clip(_vision_model)        clip           pre-norm, no patch bias, projection, quick-GELU (OpenAI) or GELU
   siglip(_vision_model)      siglip         no class token, attention pooling, tanh-GELU
+  dinov3_vit                 dinov3         2-D RoPE instead of positions, registers, layer scale, no key bias,
+                                            SwiGLU (use_gated_mlp) in its large models
 
 Image-text configs (`clip`, `siglip`) are read through their `vision_config`.
 
@@ -15,9 +17,11 @@ Try it:  python -m pytest tests/test_parity_families.py -q
 
 from __future__ import annotations
 
-TOWER_TYPES = ("vit_mae", "dinov2", "dinov2_with_registers", "clip", "clip_vision_model", "siglip",
+TOWER_TYPES = ("vit_mae", "dinov2", "dinov2_with_registers", "dinov3_vit", "clip", "clip_vision_model", "siglip",
                "siglip_vision_model")
-ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
+               "silu": "silu"}
+QKV_BIAS = {(True, True, True): "qkv", (True, False, True): "qv", (False, False, False): "none"}
 
 
 def _act(hf: dict) -> str:
@@ -43,6 +47,8 @@ def tower_fields(hf: dict, shapes: dict[str, tuple], side) -> dict:
     if model_type == "vit_mae":
         return dict(base, mlp_dim=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-12),
                     qkv_bias="qkv" if hf.get("qkv_bias", True) else "none", family="mae")
+    if model_type == "dinov3_vit":
+        return dict(base, **_dinov3_fields(hf))
     if model_type.startswith("dinov2"):
         if hf.get("use_swiglu_ffn"):
             raise ValueError("DINOv2 with a SwiGLU MLP (the giant model) is not supported yet")
@@ -61,15 +67,29 @@ def tower_fields(hf: dict, shapes: dict[str, tuple], side) -> dict:
     return dict(common, class_token=False, pool="map" if head else "mean", family="siglip")
 
 
+def _dinov3_fields(hf: dict) -> dict:
+    biases = tuple(hf.get(f"{name}_bias", default) for name, default in (("query", True), ("key", False),
+                                                                          ("value", True)))
+    if biases not in QKV_BIAS:
+        raise ValueError(f"DINOv3 with query/key/value biases {biases} is not supported")
+    if not hf.get("proj_bias", True) or not hf.get("mlp_bias", True):
+        raise ValueError("DINOv3 without output-projection or MLP biases is not supported")
+    return dict(mlp_dim=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-5), abs_pos_embed=False,
+                rope="dinov3", rope_theta=float(hf.get("rope_theta", 100.0)), reg_tokens=hf.get("num_register_tokens", 0),
+                layer_scale_init=hf.get("layerscale_value", 1.0), qkv_bias=QKV_BIAS[biases],
+                mlp="swiglu" if hf.get("use_gated_mlp") else "plain", family="dinov3")
+
+
 def tower_model_type(cfg) -> str:
-    return {"mae": "vit_mae", "clip": "clip_vision_model", "siglip": "siglip_vision_model"}.get(
+    return {"mae": "vit_mae", "clip": "clip_vision_model", "siglip": "siglip_vision_model",
+            "dinov3": "dinov3_vit"}.get(
         cfg.family, "dinov2_with_registers" if cfg.reg_tokens else "dinov2")
 
 
 def tower_architecture(cfg) -> str:
     return {"vit_mae": "ViTMAEModel", "dinov2": "Dinov2Model", "dinov2_with_registers": "Dinov2WithRegistersModel",
             "clip_vision_model": "CLIPVisionModelWithProjection" if cfg.proj_dim else "CLIPVisionModel",
-            "siglip_vision_model": "SiglipVisionModel"}[tower_model_type(cfg)]
+            "siglip_vision_model": "SiglipVisionModel", "dinov3_vit": "DINOv3ViTModel"}[tower_model_type(cfg)]
 
 
 def tower_to_hf(cfg) -> dict:
@@ -94,6 +114,11 @@ def tower_to_hf(cfg) -> dict:
         hf["intermediate_size"] = cfg.mlp_dim
     if model_type == "vit_mae":
         hf.update(qkv_bias=cfg.qkv_bias == "qkv", mask_ratio=0.0)
+    if model_type == "dinov3_vit":
+        query, key, value = {v: k for k, v in QKV_BIAS.items()}[cfg.qkv_bias]
+        hf.update(rope_theta=cfg.rope_theta, num_register_tokens=cfg.reg_tokens, layerscale_value=cfg.layer_scale_init
+                  or 1.0, query_bias=query, key_bias=key, value_bias=value, proj_bias=True, mlp_bias=True,
+                  use_gated_mlp=cfg.mlp == "swiglu", drop_path_rate=0.0)
     if cfg.proj_dim:
         hf["projection_dim"] = cfg.proj_dim
     if model_type == "siglip_vision_model":

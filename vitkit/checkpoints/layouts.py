@@ -22,6 +22,7 @@ DERIVED_BUFFERS = (r"relative_position_index$",)  # recomputed from the grid, ne
 
 
 HF_PATCH_KEYS = ("embeddings.patch_embeddings.projection.weight",  # ViT, DeiT, BEiT, ViTMAE, DINOv2
+                 "embeddings.patch_embeddings.weight",  # DINOv3
                  "embeddings.patch_embedding.weight")  # CLIP, SigLIP (under vision_model. in most files)
 
 
@@ -52,6 +53,8 @@ def hf_keymap(cfg: ViTConfig, prefix: str) -> KeyMap:
     """The transformers table of `cfg`'s family."""
     if cfg.family == "dinov2":
         return _hf_dinov2_keymap(prefix)
+    if cfg.family == "dinov3":
+        return _hf_dinov3_keymap(cfg, prefix)
     if cfg.family in ("clip", "siglip"):
         return _hf_clip_keymap(cfg, prefix)
     return _hf_vit_keymap(cfg, prefix)
@@ -113,6 +116,40 @@ def _hf_dinov2_keymap(prefix: str) -> KeyMap:
         Rename(layer + "mlp.fc2.{p}", "blocks.{i}.mlp.fc2.{p}"),
         Rename(prefix + "layernorm.{p}", "norm.{p}"),
     ), ignore=(r"embeddings\.mask_token$",))
+
+
+def _hf_dinov3_keymap(cfg: ViTConfig, prefix: str) -> KeyMap:
+    """DINOv3ViTModel: blocks under `layer.{i}.` as save_pretrained writes them (and under `model.layer.{i}.`,
+    the module path, which some conversions keep)."""
+    rules = [
+        Rename(prefix + "embeddings.cls_token", "cls_token"),
+        Rename(prefix + "embeddings.register_tokens", "reg_token"),
+        Rename(prefix + "embeddings.patch_embeddings.{p}", "patch_embed.proj.{p}"),
+        Rename(prefix + "norm.{p}", "norm.{p}"),
+    ]
+    fc1 = "fc1_x" if cfg.mlp == "swiglu" else "fc1"
+    for layer in (prefix + "layer.{i}.", prefix + "model.layer.{i}."):  # the first is the one written
+        attn = layer + "attention."
+        rules += [
+            Rename(layer + "norm1.{p}", "blocks.{i}.norm1.{p}"),
+            Rename(layer + "norm2.{p}", "blocks.{i}.norm2.{p}"),
+            Fuse((attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"),
+                 "blocks.{i}.attn.qkv.weight"),
+            Rename(attn + "o_proj.{p}", "blocks.{i}.attn.proj.{p}"),
+            Rename(layer + "layer_scale1.lambda1", "blocks.{i}.ls1.gamma"),
+            Rename(layer + "layer_scale2.lambda1", "blocks.{i}.ls2.gamma"),
+            Rename(layer + "mlp.up_proj.{p}", "blocks.{i}.mlp." + fc1 + ".{p}"),
+            Rename(layer + "mlp.gate_proj.{p}", "blocks.{i}.mlp.fc1_g.{p}"),
+            Rename(layer + "mlp.down_proj.{p}", "blocks.{i}.mlp.fc2.{p}"),
+        ]
+        if cfg.qkv_bias == "qkv":
+            rules.append(Fuse((attn + "q_proj.bias", attn + "k_proj.bias", attn + "v_proj.bias"),
+                              "blocks.{i}.attn.qkv.bias"))
+        elif cfg.qkv_bias == "qv":
+            rules += [Rename(attn + "q_proj.bias", "blocks.{i}.attn.q_bias"),
+                      Rename(attn + "v_proj.bias", "blocks.{i}.attn.v_bias")]
+    empty = () if cfg.reg_tokens else (r"embeddings\.register_tokens$",)  # (1, 0, D) without registers
+    return KeyMap("transformers", tuple(rules), ignore=(r"embeddings\.mask_token$", r"inv_freq$") + empty)
 
 
 def _unflatten_token(t: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitkit.config import ViTConfig
+from vitkit.models.rope import rotate_patches
 
 
 class PatchEmbed(nn.Module):
@@ -60,12 +61,16 @@ class Attention(nn.Module):
         return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
 
     def forward(
-        self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False,
+        rope: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """rope: (2, patches, hd) cos/sin tables that rotate the patch tokens' q and k (DINOv3), or None."""
         B, N, D = x.shape
         qkv = F.linear(x, self.qkv.weight, self._qkv_bias())  # (B, N, 3*D)
         qkv = qkv.reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
+        if rope is not None:
+            q, k = rotate_patches(q, k, rope)
         out, weights = attend(q, k, v, bias, self.scale, fused=self.fused and not need_weights)
         out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, heads*hd)
         return self.proj(out), weights
@@ -79,8 +84,10 @@ class QuickGELU(nn.Module):
 
 
 def activation(name: str) -> nn.Module:
-    """'gelu' exact (erf; ViT, DeiT, BEiT, DINOv2), 'gelu_tanh' (SigLIP), 'quick_gelu' (OpenAI CLIP)."""
-    return {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU}[name]()
+    """'gelu' exact (erf; ViT, DeiT, BEiT, DINOv2), 'gelu_tanh' (SigLIP), 'quick_gelu' (OpenAI CLIP), 'silu'
+    (the gate of SwiGLU)."""
+    return {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU,
+            "silu": nn.SiLU}[name]()
 
 
 class Mlp(nn.Module):
@@ -92,6 +99,24 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP: fc2(act(fc1_g x) * fc1_x x), both input projections mlp_dim wide (timm's SwiGLU names)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.fc1_g = nn.Linear(cfg.width, cfg.mlp_dim)
+        self.fc1_x = nn.Linear(cfg.width, cfg.mlp_dim)
+        self.act = activation(cfg.act)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1_g(x)) * self.fc1_x(x))
+
+
+def make_mlp(cfg: ViTConfig) -> nn.Module:
+    return SwiGLU(cfg) if cfg.mlp == "swiglu" else Mlp(cfg)
 
 
 class LayerScale(nn.Module):
@@ -124,23 +149,25 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.mlp = Mlp(cfg)
+        self.mlp = make_mlp(cfg)
         scale = cfg.layer_scale_init
         self.ls1 = LayerScale(cfg.width, scale) if scale is not None else nn.Identity()
         self.ls2 = LayerScale(cfg.width, scale) if scale is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False,
+        rope: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, weights = self.attn(self.norm1(x), bias, need_weights)
+        attn_out, weights = self.attn(self.norm1(x), bias, need_weights, rope)
         x = x + self.drop_path(self.ls1(attn_out))
         x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x, weights
 
-    def checkpointed(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def checkpointed(self, x: torch.Tensor, bias: torch.Tensor | None, rope: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         """Forward that recomputes activations in backward instead of storing them."""
-        return checkpoint(lambda t, b: self.forward(t, b)[0], x, bias, use_reentrant=False)
+        return checkpoint(lambda t, b, r: self.forward(t, b, False, r)[0], x, bias, rope, use_reentrant=False)
 
 
 class AttentionPool(nn.Module):

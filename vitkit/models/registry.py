@@ -28,6 +28,11 @@ SIGLIP = PreprocessSpec(input_size=224, crop_pct=1.0, resize_mode="exact", inter
 # OpenAI CLIP: shorter side to 224, centre crop 224, bicubic, its own mean / std
 CLIP = PreprocessSpec(input_size=224, crop_pct=1.0, interpolation="bicubic",
                       mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+# DINOv3's processor: both sides to 224 (no crop), bilinear, ImageNet mean / std
+DINOV3 = PreprocessSpec(input_size=224, crop_pct=1.0, resize_mode="exact", interpolation="bilinear",
+                        mean=IMAGENET_MEAN, std=IMAGENET_STD)
+DINOV3_FIELDS = dict(abs_pos_embed=False, rope="dinov3", reg_tokens=4, layer_scale_init=1e-5, qkv_bias="qv",
+                     norm_eps=1e-5, num_classes=0, family="dinov3")
 DINOV2_FIELDS = dict(layer_scale_init=1e-5, num_classes=0, family="dinov2")
 REG4_FIELDS = dict(DINOV2_FIELDS, reg_tokens=4, class_pos_embed=False)  # timm's layout: no position for class
 DEIT3_FIELDS = dict(layer_scale_init=1e-6, class_pos_embed=False, family="deit3")
@@ -85,6 +90,9 @@ ARCHS: dict[str, Arch] = {
     "vit_base_patch14_reg4_dinov2": _vit("B/14@518", TIMM_DINOV2, **REG4_FIELDS),
     "vit_large_patch14_reg4_dinov2": _vit("L/14@518", TIMM_DINOV2, **REG4_FIELDS),
     "vit_base_patch16_siglip_224": _vit("B/16", SIGLIP, **SIGLIP_FIELDS),
+    # DINOv3 as transformers holds it (timm's eva-based layout is not mapped yet)
+    "vit_small_patch16_dinov3": _vit("S/16", DINOV3, **DINOV3_FIELDS),
+    "vit_base_patch16_dinov3": _vit("B/16", DINOV3, **DINOV3_FIELDS),
     # CLIP image towers as transformers holds them (projection into the image-text space, no classifier)
     "vit_base_patch32_clip_224": _vit("B/32", CLIP, **CLIP_FIELDS, act="quick_gelu", proj_dim=512),
     "vit_base_patch16_clip_224": _vit("B/16", CLIP, **CLIP_FIELDS, act="quick_gelu", proj_dim=512),
@@ -167,6 +175,11 @@ MODELS: dict[str, NamedModel] = {m.hub_id: m for m in (
       for size in ("small", "base", "large")),
     NamedModel("timm/vit_small_patch14_dinov2.lvd142m", "timm", "vit_small_patch14_dinov2", "none", "apache-2.0",
                "DINOv2 ViT-S/14 in timm's layout (native 518 px)"),
+    NamedModel("facebook/dinov3-vits16-pretrain-lvd1689m", "hf", "vit_small_patch16_dinov3", "none", "dinov3-license",
+               "DINOv3 ViT-S/16: 2-D RoPE, 4 registers; gated on the hub, Meta's DINOv3 License (not OSI: read it "
+               "before commercial use)", DINOV3),
+    NamedModel("facebook/dinov3-vitb16-pretrain-lvd1689m", "hf", "vit_base_patch16_dinov3", "none", "dinov3-license",
+               "DINOv3 ViT-B/16 (same licence)", DINOV3),
     NamedModel("google/siglip-base-patch16-224", "hf", "vit_base_patch16_siglip_224", "none", "apache-2.0",
                "SigLIP image tower: attention-pooled embedding (zero-shot needs the text tower)", SIGLIP),
     NamedModel("google/siglip2-base-patch16-224", "hf", "vit_base_patch16_siglip_224", "none", "apache-2.0",

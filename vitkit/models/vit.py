@@ -23,6 +23,7 @@ from torch import nn
 from vitkit.config import ViTConfig
 from vitkit.models.layers import AttentionPool, Block, PatchEmbed
 from vitkit.models.pos_embed import RelativePositionBias, SizeCache, resample_abs_pos_embed
+from vitkit.models.rope import dinov3_rope
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -56,6 +57,8 @@ class VisionTransformer(nn.Module):
         self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         if cfg.rel_pos_bias == "shared":
             self.rel_pos = RelativePositionBias(grid, cfg.heads, cfg.rel_pos_resize)
+        if cfg.rope != "none":
+            self._rope_cache: dict[tuple[int, int], torch.Tensor] = {}
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear stochastic depth
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         if cfg.rel_pos_bias == "layer":
@@ -149,17 +152,31 @@ class VisionTransformer(nn.Module):
         x = torch.cat([t.expand(B, -1, -1) for t in prefix] + [x], dim=1) if prefix else x  # (B, P + gh*gw, D)
         return self.norm_pre(x), grid
 
+    def _rope_for(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+        """(2, gh*gw, hd) rotary tables for this grid (cached; they hold no parameters), or None."""
+        cfg = self.config
+        if cfg.rope == "none":
+            return None
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return dinov3_rope(grid, cfg.head_dim, cfg.rope_theta).to(device)
+        key = (tuple(grid), device)
+        if key not in self._rope_cache:
+            with torch.inference_mode(False):  # a normal tensor: the cache also serves passes with gradients
+                self._rope_cache[key] = dinov3_rope(grid, cfg.head_dim, cfg.rope_theta).to(device)
+        return self._rope_cache[key]
+
     def _run_blocks(self, x: torch.Tensor, grid, need_weights: bool = False):
         """Yields (block index, tokens after it, attention weights or None)."""
         shared = self.rel_pos(grid) if self.config.rel_pos_bias == "shared" else None
+        rope = self._rope_for(grid, x.device)
         for i, block in enumerate(self.blocks):
             bias = block.rel_pos(grid) if self.config.rel_pos_bias == "layer" else shared
             if bias is not None:
                 bias = bias.unsqueeze(0).to(x.dtype)  # (1, heads, N, N)
             if self.grad_checkpointing and self.training and not need_weights:
-                x, weights = block.checkpointed(x, bias), None
+                x, weights = block.checkpointed(x, bias, rope), None
             else:
-                x, weights = block(x, bias, need_weights)
+                x, weights = block(x, bias, need_weights, rope)
             yield i, x, weights
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:

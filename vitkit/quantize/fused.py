@@ -64,7 +64,8 @@ class FusedAttention(nn.Module):
 
 
 def can_fuse(net: VisionTransformer) -> bool:
-    return net.config.rel_pos_bias == "none"
+    """onnxruntime's Attention op has no relative position bias (BEiT) and no rotary embedding (DINOv3)."""
+    return net.config.rel_pos_bias == "none" and net.config.rope == "none"
 
 
 def fused_graph(net: VisionTransformer, image_size: int, dynamic_batch: bool, opset: int = 17) -> bytes:

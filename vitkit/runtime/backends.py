@@ -214,7 +214,8 @@ def _pack(net: VisionTransformer, dtype: torch.dtype) -> None:
     net.patch_embed = PackedPatchEmbed(net.patch_embed, dtype)
     for i, block in enumerate(net.blocks):
         assert isinstance(block, Block), f"block {i} is already prepared"
-        net.blocks[i] = InferenceBlock(block, dtype)  # the block's fp32 linear weights are dropped here
+        if net.config.mlp == "plain":  # a gated MLP (SwiGLU) keeps the plain block, cast to the compute dtype
+            net.blocks[i] = InferenceBlock(block, dtype)  # the block's fp32 linear weights are dropped here
     for owner, name in ((net, "head"), (net, "head_dist"), (getattr(net, "pre_logits", None), "fc")):
         layer = getattr(owner, name, None) if owner is not None else None
         if isinstance(layer, nn.Linear):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vitkit.models.layers import Attention, Block, LayerScale, PatchEmbed, attend
+from vitkit.models.rope import rotate_patches
 from vitkit.runtime.memory import release_file_pages
 
 # (oneDNN post-op, algorithm): exact erf GELU, tanh GELU (SigLIP); quick-GELU (CLIP) has no post-op: run after
@@ -153,15 +154,18 @@ class InferenceBlock(nn.Module):
         for linear in replaced:  # the fp32 weights are gone now
             linear.weight = None
 
-    def _attend(self, x: torch.Tensor, bias: torch.Tensor | None, need_weights: bool):
+    def _attend(self, x: torch.Tensor, bias: torch.Tensor | None, need_weights: bool, rope: torch.Tensor | None):
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
+        if rope is not None:
+            q, k = rotate_patches(q, k, rope)
         out, weights = attend(q, k, v, bias, self.scale, fused=self.fused and not need_weights)  # (B, heads, N, hd)
         return out.transpose(1, 2).reshape(B, N, D), weights  # (B, N, heads*hd)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False):
-        heads_out, weights = self._attend(self.norm1(x), bias, need_weights)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False,
+                rope: torch.Tensor | None = None):
+        heads_out, weights = self._attend(self.norm1(x), bias, need_weights, rope)
         x = self.proj(heads_out, residual=x)  # x + gamma1 * proj(attn)
         x = self.fc2(self.act(self.fc1(self.norm2(x))), residual=x)  # x + gamma2 * fc2(act(fc1(norm2(x))))
         return x, weights
