@@ -1,5 +1,5 @@
 """Every capability on a tiny model of each new family (DINOv2, DINOv2 with registers, DINOv3 with and without
-SwiGLU, DeiT-III, MAE, CLIP, SigLIP): the packed inference runtime, ONNX export with its parity gate, INT8 quantization, attention maps,
+SwiGLU, EVA-02, DeiT-III, MAE, CLIP, SigLIP): the packed inference runtime, ONNX export with its parity gate, INT8 quantization, attention maps,
 fine-tuning, the image index with retrieval evaluation, and the serving engine, each checked against a direct
 computation with the plain network.
 
@@ -36,6 +36,8 @@ FAMILIES = {
                    family="dinov3"),
     "dinov3-swiglu": dict(abs_pos_embed=False, rope="dinov3", reg_tokens=1, mlp="swiglu", act="silu",
                           family="dinov3"),
+    "eva02": dict(mlp="swiglu", act="silu", mlp_norm=True, rope="eva", rope_theta=10000.0, qkv_bias="qv",
+                  pool="mean", fc_norm=True, family="eva02"),
     "deit3": dict(layer_scale_init=0.5, class_pos_embed=False, family="deit3"),
     "mae": dict(family="mae"),
     "clip": dict(pre_norm=True, patch_bias=False, act="quick_gelu", proj_dim=16, norm_eps=1e-5, family="clip"),

@@ -286,3 +286,67 @@ def test_timm_families_at_other_sizes(name, timm_built):
         with torch.no_grad():
             diff = (dynamic(x) - loaded.net(x)).abs().max().item()
         assert diff <= TOL, (size, diff)
+
+
+# ------------------------------------------------------------------------------------------- timm EVA-02
+EVA_CASES = {  # name -> (timm Eva arguments, vitkit config fields)
+    "eva02-tiny-packed": (dict(swiglu_mlp=True, mlp_ratio=8 / 3),
+                          dict(mlp_dim=128, mlp="swiglu", act="silu")),
+    "eva02-base-split-sublayernorm": (dict(swiglu_mlp=True, scale_mlp=True, qkv_fused=False, mlp_ratio=8 / 3),
+                                      dict(mlp_dim=128, mlp="swiglu", act="silu", mlp_norm=True)),
+    "eva02-layer-scale-ref-grid": (dict(swiglu_mlp=True, mlp_ratio=8 / 3, init_values=0.5, ref_feat_shape=(6, 6)),
+                                   dict(mlp_dim=128, mlp="swiglu", act="silu", layer_scale_init=0.5,
+                                        rope_ref_grid=6)),
+}
+EVA_COMMON = (dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5, use_rot_pos_emb=True),
+              dict(image_size=32, patch_size=8, width=48, depth=2, heads=3, num_classes=5, rope="eva",
+                   rope_theta=10000.0, qkv_bias="qv", pool="mean", fc_norm=True, norm_eps=1e-6, family="eva02"))
+
+
+def _eva(timm_args: dict, **extra):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reference_timm import _build, import_timm
+
+    try:
+        timm = import_timm()
+    except ImportError as err:
+        pytest.skip(f"timm, the parity reference, cannot be imported: {err}")
+    args = {**EVA_COMMON[0], "ref_feat_shape": (4, 4), **timm_args, **extra}
+    return _build(timm.models.eva.Eva, 0, **args)
+
+
+@pytest.mark.parametrize("name", EVA_CASES)
+def test_timm_eva02_to_vitkit_and_back(name, tmp_path, report):
+    from safetensors.torch import load_file, save_file
+
+    from vitkit.checkpoints.save import save_timm
+    from vitkit.config import PreprocessSpec, ViTConfig
+    from vitkit.models import registry
+
+    timm_args, fields = EVA_CASES[name]
+    ref = _eva(timm_args)
+    path = tmp_path / "eva.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    arch = f"tiny_{name}_test"
+    registry.ARCHS[arch] = registry.Arch(ViTConfig(**{**EVA_COMMON[1], **fields}), PreprocessSpec(input_size=32))
+    try:
+        loaded = load_network(str(path), arch)
+    finally:
+        del registry.ARCHS[arch]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    d = _timm_vs_vitkit(ref, loaded.net, x)
+    assert max(d.values()) <= TOL, d
+    report(f"parity: timm Eva({name}) -> vitkit: max|diff| {max(d.values()):.1e}")
+    dynamic = _eva(timm_args, dynamic_img_size=True)  # positions and rotary tables for each input size
+    dynamic.load_state_dict(ref.state_dict())
+    for size in ((48, 48), (24, 40)):
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            diff = (dynamic(x) - loaded.net(x)).abs().max().item()
+        assert diff <= TOL, (size, diff)
+    state = load_file(str(save_timm(loaded.net, loaded.preprocess, tmp_path / "back.safetensors")))
+    assert set(state) == set(ref.state_dict())
+    ref.load_state_dict(state, strict=True)

@@ -14,6 +14,8 @@ Every family is one network that differs by fields of `ViTConfig`:
   SigLIP   no class token, tanh-GELU, attention pooling (`pool="map"`: one learned query over the tokens)
   DINOv3   no absolute positions: 2-D rotary embeddings (`rope="dinov3"`), registers, layer scale, no key bias;
            its large models a SwiGLU MLP (`mlp="swiglu"`)
+  EVA-02   ViT + 2-D rotary embeddings (`rope="eva"`) beside the positions, SwiGLU (with a sub-LN, `mlp_norm`, in
+           base and larger), q/v bias without k bias, mean pooling + fc_norm
 
 Try it:  python -c "from vitkit.config import variant; print(variant('B/16'))"
 """
@@ -70,16 +72,19 @@ class ViTConfig:
     patch_bias: bool = True  # CLIP: the patch projection has no bias
     pre_norm: bool = False  # CLIP: LayerNorm on the embedded tokens, before the blocks
     act: Literal["gelu", "gelu_tanh", "quick_gelu", "silu"] = "gelu"  # erf GELU, SigLIP's, CLIP's, SwiGLU's gate
-    mlp: Literal["plain", "swiglu"] = "plain"  # swiglu: fc2(act(fc1_g x) * fc1_x x), mlp_dim wide
-    rope: Literal["none", "dinov3"] = "none"  # rotary positions on the patch tokens' queries and keys
-    rope_theta: float = 100.0
+    mlp: Literal["plain", "swiglu"] = "plain"  # swiglu: fc2(act(gate) * value), [gate | value] = fc1 x
+    mlp_norm: bool = False  # EVA-02: LayerNorm inside the SwiGLU MLP, before fc2 (sub-LN)
+    rope: Literal["none", "dinov3", "eva"] = "none"  # rotary positions on the patch tokens' queries and keys
+    rope_theta: float = 100.0  # DINOv3 100, EVA-02 10000
+    rope_ref_grid: int = 0  # EVA-02: the pre-training grid that patch indices are rescaled to (0: this grid)
     pool: Literal["cls", "mean", "map"] = "cls"  # mean: patch-token average (BEiT); map: attention pooling (SigLIP)
     fc_norm: bool = False  # norm after pooling instead of before (BEiT mean pooling)
     pre_logits_dim: int = 0  # dense + tanh "pooler"/representation layer (JAX in21k, HF ViTModel)
     proj_dim: int = 0  # CLIP: linear projection (no bias) of the pooled token into the shared image-text space
     norm_eps: float = 1e-6
     drop_path: float = 0.0
-    family: Literal["vit", "deit", "beit", "deit3", "mae", "dinov2", "dinov3", "clip", "siglip"] = "vit"  # names when saving
+    # decides the layout names used when saving
+    family: Literal["vit", "deit", "beit", "deit3", "mae", "dinov2", "dinov3", "eva02", "clip", "siglip"] = "vit"
     labels: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -115,7 +120,7 @@ class ViTConfig:
 
     def parameters_estimate(self) -> int:
         """Roughly how many parameters this config allocates (blocks, patch embedding, head)."""
-        block = 4 * self.width * self.width + 2 * self.width * self.mlp_dim
+        block = 4 * self.width * self.width + (3 if self.mlp == "swiglu" else 2) * self.width * self.mlp_dim
         head = self.embed_dim * self.num_classes * (2 if self.dist_token else 1)
         return self.depth * block + self.in_chans * self.patch_size ** 2 * self.width + head
 

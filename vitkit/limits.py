@@ -21,7 +21,7 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF", "JP
 CONFIG_INTS = {  # field -> (lowest, highest)
     "image_size": (1, 4096), "patch_size": (1, 1024), "in_chans": (1, 16), "width": (1, 16384),
     "depth": (1, 256), "heads": (1, 1024), "mlp_dim": (1, 131072), "num_classes": (0, 1_000_000),
-    "pre_logits_dim": (0, 16384), "proj_dim": (0, 16384), "reg_tokens": (0, 64),
+    "pre_logits_dim": (0, 16384), "proj_dim": (0, 16384), "reg_tokens": (0, 64), "rope_ref_grid": (0, 1024),
 }
 MAX_TOKENS = 16384  # patches per image (a 2048-px image at patch 16): attention is quadratic in them
 MAX_PARAMETERS = 25_000_000_000  # ViT-22B fits; a config asking for more is a mistake or an attack

@@ -127,7 +127,6 @@ def _hf_dinov3_keymap(cfg: ViTConfig, prefix: str) -> KeyMap:
         Rename(prefix + "embeddings.patch_embeddings.{p}", "patch_embed.proj.{p}"),
         Rename(prefix + "norm.{p}", "norm.{p}"),
     ]
-    fc1 = "fc1_x" if cfg.mlp == "swiglu" else "fc1"
     for layer in (prefix + "layer.{i}.", prefix + "model.layer.{i}."):  # the first is the one written
         attn = layer + "attention."
         rules += [
@@ -138,10 +137,12 @@ def _hf_dinov3_keymap(cfg: ViTConfig, prefix: str) -> KeyMap:
             Rename(attn + "o_proj.{p}", "blocks.{i}.attn.proj.{p}"),
             Rename(layer + "layer_scale1.lambda1", "blocks.{i}.ls1.gamma"),
             Rename(layer + "layer_scale2.lambda1", "blocks.{i}.ls2.gamma"),
-            Rename(layer + "mlp.up_proj.{p}", "blocks.{i}.mlp." + fc1 + ".{p}"),
-            Rename(layer + "mlp.gate_proj.{p}", "blocks.{i}.mlp.fc1_g.{p}"),
             Rename(layer + "mlp.down_proj.{p}", "blocks.{i}.mlp.fc2.{p}"),
         ]
+        if cfg.mlp == "swiglu":  # gate and up projections: the two halves of vitkit's fc1
+            rules.append(Fuse((layer + "mlp.gate_proj.{p}", layer + "mlp.up_proj.{p}"), "blocks.{i}.mlp.fc1.{p}"))
+        else:
+            rules.append(Rename(layer + "mlp.up_proj.{p}", "blocks.{i}.mlp.fc1.{p}"))
         if cfg.qkv_bias == "qkv":
             rules.append(Fuse((attn + "q_proj.bias", attn + "k_proj.bias", attn + "v_proj.bias"),
                               "blocks.{i}.attn.qkv.bias"))
@@ -212,8 +213,22 @@ TIMM_MAP_RULES = (  # SigLIP's attention pooling: timm keeps q (for the latent) 
 )
 
 
+# EVA-02 base and larger (timm's eva.py with qkv_fused=False, scale_mlp=True): separate q/k/v projections (no k
+# bias) and a SwiGLU with separate gate / value layers and a sub-LN; tiny and small use vitkit's packed names
+TIMM_EVA_SPLIT_RULES = (
+    Fuse(("blocks.{i}.attn.q_proj.weight", "blocks.{i}.attn.k_proj.weight", "blocks.{i}.attn.v_proj.weight"),
+         "blocks.{i}.attn.qkv.weight"),
+    Rename("blocks.{i}.attn.q_proj.bias", "blocks.{i}.attn.q_bias"),
+    Rename("blocks.{i}.attn.v_proj.bias", "blocks.{i}.attn.v_bias"),
+    Fuse(("blocks.{i}.mlp.fc1_g.{p}", "blocks.{i}.mlp.fc1_x.{p}"), "blocks.{i}.mlp.fc1.{p}"),
+)
+TIMM_EVA_RULES = (Rename("blocks.{i}.gamma_1", "blocks.{i}.ls1.gamma"), Rename("blocks.{i}.gamma_2", "blocks.{i}.ls2.gamma"))
+
+
 def timm_keymap(cfg: ViTConfig) -> KeyMap:
     rules = TIMM_BEIT_RULES if cfg.family == "beit" else ()
+    if cfg.family == "eva02":
+        rules += TIMM_EVA_RULES + (TIMM_EVA_SPLIT_RULES if cfg.mlp_norm else ())
     if cfg.pool == "map":
         rules += TIMM_MAP_RULES
     return KeyMap("timm", rules, ignore=DERIVED_BUFFERS, passthrough=True)

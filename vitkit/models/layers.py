@@ -54,6 +54,7 @@ class Attention(nn.Module):
             self.v_bias = nn.Parameter(torch.zeros(cfg.width))
         self.proj = nn.Linear(cfg.width, cfg.width)
         self.fused = True
+        self.rope_interleaved = cfg.rope == "eva"
 
     def _qkv_bias(self) -> torch.Tensor | None:
         if not hasattr(self, "q_bias"):
@@ -70,7 +71,7 @@ class Attention(nn.Module):
         qkv = qkv.reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
         if rope is not None:
-            q, k = rotate_patches(q, k, rope)
+            q, k = rotate_patches(q, k, rope, self.rope_interleaved)
         out, weights = attend(q, k, v, bias, self.scale, fused=self.fused and not need_weights)
         out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, heads*hd)
         return self.proj(out), weights
@@ -102,17 +103,20 @@ class Mlp(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """Gated MLP: fc2(act(fc1_g x) * fc1_x x), both input projections mlp_dim wide (timm's SwiGLU names)."""
+    """Gated MLP: fc2(norm(act(gate) * value)) with [gate | value] = fc1(x), each mlp_dim wide (timm's packed
+    GluMlp layout; its SwiGLU's fc1_g / fc1_x and transformers' gate_proj / up_proj are the two halves). `norm`
+    is EVA-02's sub-LN (`mlp_norm`), else identity."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.fc1_g = nn.Linear(cfg.width, cfg.mlp_dim)
-        self.fc1_x = nn.Linear(cfg.width, cfg.mlp_dim)
+        self.fc1 = nn.Linear(cfg.width, 2 * cfg.mlp_dim)
         self.act = activation(cfg.act)
+        self.norm = nn.LayerNorm(cfg.mlp_dim, eps=cfg.norm_eps) if cfg.mlp_norm else nn.Identity()
         self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1_g(x)) * self.fc1_x(x))
+        gate, value = self.fc1(x).chunk(2, dim=-1)  # each (B, N, mlp_dim)
+        return self.fc2(self.norm(self.act(gate) * value))
 
 
 def make_mlp(cfg: ViTConfig) -> nn.Module:

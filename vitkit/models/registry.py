@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from vitkit.config import BEIT_FIELDS, HALF, IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, ViTConfig, variant
+from vitkit.config import BEIT_FIELDS, HALF, IMAGENET_MEAN, IMAGENET_STD, WIDTHS, PreprocessSpec, ViTConfig, variant
 
 TIMM_AUGREG = PreprocessSpec(crop_pct=0.9, interpolation="bicubic", mean=HALF, std=HALF)
 TIMM_AUGREG_FULL = replace(TIMM_AUGREG, crop_pct=1.0)  # 384 px fine-tunes: no crop
@@ -33,6 +33,18 @@ DINOV3 = PreprocessSpec(input_size=224, crop_pct=1.0, resize_mode="exact", inter
                         mean=IMAGENET_MEAN, std=IMAGENET_STD)
 DINOV3_FIELDS = dict(abs_pos_embed=False, rope="dinov3", reg_tokens=4, layer_scale_init=1e-5, qkv_bias="qv",
                      norm_eps=1e-5, num_classes=0, family="dinov3")
+# EVA-02 in timm: OpenAI CLIP mean / std, crop 0.9 at 224 (1.0 for the 336 px fine-tunes), bicubic
+EVA02 = replace(CLIP, crop_pct=0.9)
+EVA02_FIELDS = dict(mlp="swiglu", act="silu", rope="eva", rope_theta=10000.0, rope_ref_grid=16, qkv_bias="qv",
+                    pool="mean", fc_norm=True, family="eva02")
+
+
+def _eva02(name: str, spec: PreprocessSpec = EVA02, **fields) -> Arch:
+    """timm's eva02_* rows: SwiGLU of 4 * 2/3 the width; base and larger add the sub-LN (and split layers)."""
+    width = WIDTHS[name.split("/")[0]][0]
+    return _vit(name, spec, mlp_dim=int(width * 4 * 2 / 3), **EVA02_FIELDS, **fields)
+
+
 DINOV2_FIELDS = dict(layer_scale_init=1e-5, num_classes=0, family="dinov2")
 REG4_FIELDS = dict(DINOV2_FIELDS, reg_tokens=4, class_pos_embed=False)  # timm's layout: no position for class
 DEIT3_FIELDS = dict(layer_scale_init=1e-6, class_pos_embed=False, family="deit3")
@@ -90,6 +102,11 @@ ARCHS: dict[str, Arch] = {
     "vit_base_patch14_reg4_dinov2": _vit("B/14@518", TIMM_DINOV2, **REG4_FIELDS),
     "vit_large_patch14_reg4_dinov2": _vit("L/14@518", TIMM_DINOV2, **REG4_FIELDS),
     "vit_base_patch16_siglip_224": _vit("B/16", SIGLIP, **SIGLIP_FIELDS),
+    "eva02_tiny_patch14_224": _eva02("Ti/14", num_classes=0),
+    "eva02_small_patch14_224": _eva02("S/14", num_classes=0),
+    "eva02_base_patch14_224": _eva02("B/14", num_classes=0, mlp_norm=True),
+    "eva02_tiny_patch14_336": _eva02("Ti/14@336", replace(EVA02, crop_pct=1.0)),
+    "eva02_small_patch14_336": _eva02("S/14@336", replace(EVA02, crop_pct=1.0)),
     # DINOv3 as transformers holds it (timm's eva-based layout is not mapped yet)
     "vit_small_patch16_dinov3": _vit("S/16", DINOV3, **DINOV3_FIELDS),
     "vit_base_patch16_dinov3": _vit("B/16", DINOV3, **DINOV3_FIELDS),
@@ -180,6 +197,12 @@ MODELS: dict[str, NamedModel] = {m.hub_id: m for m in (
                "before commercial use)", DINOV3),
     NamedModel("facebook/dinov3-vitb16-pretrain-lvd1689m", "hf", "vit_base_patch16_dinov3", "none", "dinov3-license",
                "DINOv3 ViT-B/16 (same licence)", DINOV3),
+    *(NamedModel(f"timm/eva02_{size}_patch14_224.mim_in22k", "timm", f"eva02_{size}_patch14_224", "none", "mit",
+                 "EVA-02 masked-image-modelling backbone (ImageNet-22k): 2-D RoPE, SwiGLU")
+      for size in ("tiny", "small", "base")),
+    *(NamedModel(f"timm/eva02_{size}_patch14_336.mim_in22k_ft_in1k", "timm", f"eva02_{size}_patch14_336",
+                 "imagenet-1k", "mit", "EVA-02 fine-tuned on ImageNet-1k at 336 px (published top-1 not recorded: "
+                 "not verifiable offline)") for size in ("tiny", "small")),
     NamedModel("google/siglip-base-patch16-224", "hf", "vit_base_patch16_siglip_224", "none", "apache-2.0",
                "SigLIP image tower: attention-pooled embedding (zero-shot needs the text tower)", SIGLIP),
     NamedModel("google/siglip2-base-patch16-224", "hf", "vit_base_patch16_siglip_224", "none", "apache-2.0",

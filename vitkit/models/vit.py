@@ -23,7 +23,7 @@ from torch import nn
 from vitkit.config import ViTConfig
 from vitkit.models.layers import AttentionPool, Block, PatchEmbed
 from vitkit.models.pos_embed import RelativePositionBias, SizeCache, resample_abs_pos_embed
-from vitkit.models.rope import dinov3_rope
+from vitkit.models.rope import rope_tables
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -157,12 +157,14 @@ class VisionTransformer(nn.Module):
         cfg = self.config
         if cfg.rope == "none":
             return None
+        ref = (cfg.rope_ref_grid or cfg.grid,) * 2
+        build = lambda: rope_tables(cfg.rope, grid, cfg.head_dim, cfg.rope_theta, ref).to(device)  # noqa: E731
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return dinov3_rope(grid, cfg.head_dim, cfg.rope_theta).to(device)
+            return build()
         key = (tuple(grid), device)
         if key not in self._rope_cache:
             with torch.inference_mode(False):  # a normal tensor: the cache also serves passes with gradients
-                self._rope_cache[key] = dinov3_rope(grid, cfg.head_dim, cfg.rope_theta).to(device)
+                self._rope_cache[key] = build()
         return self._rope_cache[key]
 
     def _run_blocks(self, x: torch.Tensor, grid, need_weights: bool = False):

@@ -51,12 +51,9 @@ def build_int8(net: VisionTransformer, image_size: int, recipe: Recipe,
     start = time.perf_counter()
     work = net.eval()
     if recipe.smooth_alpha is not None:
-        # a SwiGLU MLP has two input projections: its fc1 site is not smoothed (one norm2 scale for both is
-        # possible but not measured yet)
-        smooth_sites = tuple(s for s in recipe.smooth_sites if s != "fc1" or net.config.mlp == "plain")
         with torch.inference_mode():
-            absmax = activation_absmax(net, _batches(calibration), smooth_sites)
-        work = smooth(net, smoothing_scales(net, absmax, recipe.smooth_alpha, smooth_sites))
+            absmax = activation_absmax(net, _batches(calibration), recipe.smooth_sites)
+        work = smooth(net, smoothing_scales(net, absmax, recipe.smooth_alpha, recipe.smooth_sites))
     seconds["smooth"] = time.perf_counter() - start
     dynamic_batch = not (recipe.method == "dynamic" and recipe.batch_one)
     fused = recipe.fused_attention and can_fuse(work)

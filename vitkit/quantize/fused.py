@@ -57,9 +57,9 @@ class FusedAttention(nn.Module):
         self.qkv_bias = nn.Parameter(bias, requires_grad=False)  # (3D,)
         self.proj = attn.proj
 
-    def forward(self, x, bias=None, need_weights: bool = False):
-        if bias is not None or need_weights:
-            raise RuntimeError("the fused attention has no attention bias and no attention weights")
+    def forward(self, x, bias=None, need_weights: bool = False, rope=None):
+        if bias is not None or need_weights or rope is not None:
+            raise RuntimeError("the fused attention has no attention bias, rotary embedding or attention weights")
         return self.proj(_Attention.apply(x, self.qkv_weight_t, self.qkv_bias, self.heads)), None
 
 

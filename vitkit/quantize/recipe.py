@@ -109,9 +109,8 @@ def sites(net: nn.Module) -> dict[str, nn.Module]:
     for i, block in enumerate(net.blocks):
         out[f"blocks.{i}.attn.qkv"] = block.attn.qkv
         out[f"blocks.{i}.attn.proj"] = block.attn.proj
-        for name in ("fc1", "fc1_g", "fc1_x", "fc2"):  # plain MLP: fc1, fc2; SwiGLU: fc1_g, fc1_x, fc2
-            if hasattr(block.mlp, name):
-                out[f"blocks.{i}.mlp.{name}"] = getattr(block.mlp, name)
+        out[f"blocks.{i}.mlp.fc1"] = block.mlp.fc1  # SwiGLU too: one [gate | value] projection
+        out[f"blocks.{i}.mlp.fc2"] = block.mlp.fc2
     pre = getattr(net, "pre_logits", None)
     if pre is not None and isinstance(getattr(pre, "fc", None), nn.Linear):
         out["pre_logits.fc"] = pre.fc

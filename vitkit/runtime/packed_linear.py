@@ -132,6 +132,7 @@ class InferenceBlock(nn.Module):
         super().__init__()
         attn: Attention = block.attn
         self.heads, self.scale, self.fused = attn.heads, attn.scale, attn.fused
+        self.rope_interleaved = attn.rope_interleaved
         self.norm1, self.norm2 = block.norm1.to(dtype), block.norm2.to(dtype)
         gamma1 = block.ls1.gamma if isinstance(block.ls1, LayerScale) else None
         gamma2 = block.ls2.gamma if isinstance(block.ls2, LayerScale) else None
@@ -159,7 +160,7 @@ class InferenceBlock(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
         if rope is not None:
-            q, k = rotate_patches(q, k, rope)
+            q, k = rotate_patches(q, k, rope, self.rope_interleaved)
         out, weights = attend(q, k, v, bias, self.scale, fused=self.fused and not need_weights)  # (B, heads, N, hd)
         return out.transpose(1, 2).reshape(B, N, D), weights  # (B, N, heads*hd)
 
