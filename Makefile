@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 TIMM   := timm==1.0.31
+OPEN_CLIP := open_clip_torch==3.3.0
 
 .PHONY: demo test test-fast bench clean
 
@@ -17,10 +18,11 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# timm is a reference implementation for tests only; it installs without its torchvision requirement
+# timm and OpenCLIP are reference implementations for tests only; they install without their torchvision
+# requirement (tests/stubs stands in for it)
 $(VENV)/.test: pyproject.toml $(VENV)/.core
 	$(BIN)/pip install -q -e ".[test]"
-	$(BIN)/pip install -q --no-deps $(TIMM)
+	$(BIN)/pip install -q --no-deps $(TIMM) $(OPEN_CLIP)
 	touch $@
 
 demo: $(VENV)/.core

@@ -350,3 +350,49 @@ def test_timm_eva02_to_vitkit_and_back(name, tmp_path, report):
     state = load_file(str(save_timm(loaded.net, loaded.preprocess, tmp_path / "back.safetensors")))
     assert set(state) == set(ref.state_dict())
     ref.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------------- OpenCLIP
+OPENCLIP_CASES = {  # name -> (open_clip VisionTransformer arguments, model_cfg flags)
+    "openclip-gelu": (dict(), {}),
+    "openclip-quickgelu-layer-scale": (dict(ls_init_value=0.5), {"quick_gelu": True}),
+}
+
+
+@pytest.mark.parametrize("name", OPENCLIP_CASES)
+def test_openclip_tower_to_vitkit(name, tmp_path, report):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reference_openclip import import_openclip_transformer
+    from reference_timm import randomize_
+
+    try:
+        oc = import_openclip_transformer()
+    except ImportError as err:
+        pytest.skip(f"OpenCLIP, the reference for its layout, cannot be imported: {err}")
+    extra, flags = OPENCLIP_CASES[name]
+    act = oc.QuickGELU if flags.get("quick_gelu") else torch.nn.GELU
+    visual = oc.VisionTransformer(image_size=32, patch_size=8, width=48, layers=2, heads=3, mlp_ratio=2.0,
+                                  output_dim=24, act_layer=act, **extra)
+    randomize_(visual, seed=3).eval()
+    state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+    state["logit_scale"] = torch.tensor(4.6)  # the image-text model's other half is left out
+    state["token_embedding.weight"] = torch.randn(10, 24)
+    torch.save(state, tmp_path / "open_clip_pytorch_model.bin")
+    meta = {"model_cfg": {"embed_dim": 24, **flags, "vision_cfg": {
+        "image_size": 32, "layers": 2, "width": 48, "patch_size": 8, "head_width": 16, "mlp_ratio": 2.0,
+        **({"ls_init_value": 0.5} if "ls_init_value" in extra else {})}},
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(meta))
+    loaded = load_network(str(tmp_path))
+    assert loaded.layout == "openclip" and loaded.net.config.proj_dim == 24
+    assert loaded.preprocess.mean == (0.5, 0.5, 0.5) and loaded.preprocess.interpolation == "bicubic"
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want = visual(x)  # the projected image embedding
+        got = loaded.net.forward_head(loaded.net.forward_features(x), pre_logits=True)
+    diff = (want - got).abs().max().item()
+    assert diff <= TOL, diff
+    report(f"parity: OpenCLIP VisionTransformer({name}) -> vitkit: max|diff| {diff:.1e}")

@@ -1,5 +1,5 @@
-"""vitkit: Vision Transformers (ViT, DeiT, BEiT, DeiT-III, MAE, DINOv2, CLIP and SigLIP image towers) with
-proven checkpoint parity.
+"""vitkit: Vision Transformers (ViT, DeiT, BEiT, DeiT-III, MAE, DINOv2, DINOv3, EVA-02, CLIP and SigLIP image
+towers) with proven checkpoint parity.
 
     import vitkit
     model = vitkit.load("google/vit-base-patch16-224")

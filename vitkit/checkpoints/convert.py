@@ -20,14 +20,16 @@ from vitkit.checkpoints import hub
 from vitkit.checkpoints.hf_config import config_from_hf, spec_from_hf
 from vitkit.checkpoints.io import CheckpointError, read_tensors
 from vitkit.checkpoints.keymap import short
-from vitkit.checkpoints.layouts import JAX_KEYMAP, detect_layout, hf_keymap, hf_prefix, strip_jax_prefix, timm_keymap
+from vitkit.checkpoints.layouts import (JAX_KEYMAP, OPENCLIP_KEYMAP, detect_layout, hf_keymap, hf_prefix,
+                                        strip_jax_prefix, timm_keymap)
+from vitkit.checkpoints.openclip_config import config_from_openclip, spec_from_openclip
 from vitkit.config import RUNTIME_FIELDS, PreprocessSpec, ViTConfig
 from vitkit.models.pos_embed import resample_abs_pos_embed, resample_rel_pos_table
 from vitkit.models.registry import ARCHS, MODELS, arch as get_arch, preprocess_for
 from vitkit.models.vit import VisionTransformer
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json",
-                "pytorch_model.bin", "open_clip_pytorch_model.bin")
+                "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 WEIGHT_GLOBS = ("*.safetensors", "*.pth", "*.bin", "*.pt", "*.npz")
 VITKIT_CONFIG, VITKIT_PREPROCESS = "vitkit_config", "vitkit_preprocess"
 
@@ -37,7 +39,7 @@ class Loaded:
     net: VisionTransformer
     preprocess: PreprocessSpec
     source: str  # what was loaded, for messages and metadata
-    layout: str  # "hf", "timm", "jax" or "vitkit"
+    layout: str  # "hf", "timm", "jax", "openclip" or "vitkit"
 
     def __repr__(self) -> str:
         c = self.net.config
@@ -111,6 +113,14 @@ def load_folder(folder: Path, arch: str | None = None, fallback_spec: Preprocess
         cfg = _parsed(config_file, lambda: config_from_hf(meta, shapes).replace(**(runtime or {})))
         keymap = hf_keymap(cfg, hf_prefix(tensors))
         return Loaded(_build(keymap.to_native(tensors, cfg), cfg, keymap.name), spec, source, "hf")
+    openclip_file = folder / "open_clip_config.json"
+    if not meta and openclip_file.is_file():  # an OpenCLIP hub folder: its image tower
+        oc = _parsed(openclip_file, lambda: _json_object(openclip_file))
+        tensors = read_tensors(weights)
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        cfg = _parsed(openclip_file, lambda: config_from_openclip(oc, shapes).replace(**(runtime or {})))
+        spec = spec or _parsed(openclip_file, lambda: spec_from_openclip(oc))
+        return Loaded(_build(OPENCLIP_KEYMAP.to_native(tensors, cfg), cfg, "openclip"), spec, source, "openclip")
     if "architecture" in meta:  # timm hub folder
         arch = arch or meta["architecture"]
         if spec is None and meta.get("pretrained_cfg"):
@@ -183,6 +193,8 @@ def load_file(path: Path, arch: str | None = None, spec: PreprocessSpec | None =
         raise CheckpointError(f"{path.name} is in transformers layout: load its folder (with config.json) instead")
     if layout == "jax":
         tensors, keymap = strip_jax_prefix(tensors), JAX_KEYMAP
+    elif layout == "openclip":
+        keymap = OPENCLIP_KEYMAP
     else:
         keymap = timm_keymap(base)
     native = keymap.to_native(tensors, base)

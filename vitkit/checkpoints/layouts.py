@@ -5,6 +5,8 @@
         (`encoder.layer.0.norm1.weight`, `layer_scale1.lambda1`); CLIP and SigLIP vision towers
         (`vision_model.encoder.layers.0.self_attn.q_proj.weight`, ...), alone or inside the image-text model
   timm  timm vision_transformer / deit / beit (vitkit's own layout is timm's ViT layout; BEiT renames a few)
+  openclip  OpenCLIP / OpenAI CLIP image towers (`visual.transformer.resblocks.0.attn.in_proj_weight`, ...), with
+        the text tower left out
   jax   Google's vision_transformer .npz (`Transformer/encoderblock_0/MultiHeadDotProductAttention_1/...`),
         also used by the AugReg release
 
@@ -33,10 +35,13 @@ def detect_layout(keys) -> str:
         return "hf"
     if any(k.endswith("embedding/kernel") for k in keys):
         return "jax"
+    if "visual.conv1.weight" in keys:
+        return "openclip"
     if "patch_embed.proj.weight" in keys:
         return "timm"
     raise ValueError(f"unrecognised checkpoint layout (first keys: {keys[:6]}); vitkit reads transformers "
-                     "ViT/DeiT/BEiT, timm vision_transformer/deit/beit and JAX vision_transformer .npz files")
+                     "(ViT/DeiT/BEiT/MAE/DINOv2/DINOv3/CLIP/SigLIP), timm (vision_transformer/eva/deit/beit), "
+                     "OpenCLIP and JAX vision_transformer .npz files")
 
 
 # -- transformers ------------------------------------------------------------------------------------
@@ -232,6 +237,29 @@ def timm_keymap(cfg: ViTConfig) -> KeyMap:
     if cfg.pool == "map":
         rules += TIMM_MAP_RULES
     return KeyMap("timm", rules, ignore=DERIVED_BUFFERS, passthrough=True)
+
+
+# -- OpenCLIP ----------------------------------------------------------------------------------------------
+
+OC_BLOCK = "visual.transformer.resblocks.{i}."
+OPENCLIP_KEYMAP = KeyMap("openclip", (
+    Rename("visual.conv1.weight", "patch_embed.proj.weight"),
+    Rename("visual.class_embedding", "cls_token", TOKEN),
+    Rename("visual.positional_embedding", "pos_embed", EMBEDDING_TABLE),
+    Rename("visual.ln_pre.{p}", "norm_pre.{p}"),
+    Rename(OC_BLOCK + "ln_1.{p}", "blocks.{i}.norm1.{p}"),
+    Rename(OC_BLOCK + "attn.in_proj_weight", "blocks.{i}.attn.qkv.weight"),
+    Rename(OC_BLOCK + "attn.in_proj_bias", "blocks.{i}.attn.qkv.bias"),
+    Rename(OC_BLOCK + "attn.out_proj.{p}", "blocks.{i}.attn.proj.{p}"),
+    Rename(OC_BLOCK + "ls_1.gamma", "blocks.{i}.ls1.gamma"),
+    Rename(OC_BLOCK + "ln_2.{p}", "blocks.{i}.norm2.{p}"),
+    Rename(OC_BLOCK + "mlp.c_fc.{p}", "blocks.{i}.mlp.fc1.{p}"),
+    Rename(OC_BLOCK + "mlp.c_proj.{p}", "blocks.{i}.mlp.fc2.{p}"),
+    Rename(OC_BLOCK + "ls_2.gamma", "blocks.{i}.ls2.gamma"),
+    Rename("visual.ln_post.{p}", "norm.{p}"),
+    Rename("visual.proj", "proj.weight", Transform(lambda t, c: t.T, lambda t, c: t.T)),  # (D, P) <-> (P, D)
+), ignore=(r"^(transformer|token_embedding|positional_embedding|ln_final|text_projection|logit_scale|logit_bias|"
+           r"attn_mask)\b",))
 
 
 # -- JAX (google-research/vision_transformer) ----------------------------------------------------------

@@ -111,8 +111,11 @@ ARCHS: dict[str, Arch] = {
     "vit_small_patch16_dinov3": _vit("S/16", DINOV3, **DINOV3_FIELDS),
     "vit_base_patch16_dinov3": _vit("B/16", DINOV3, **DINOV3_FIELDS),
     # CLIP image towers as transformers holds them (projection into the image-text space, no classifier)
-    "vit_base_patch32_clip_224": _vit("B/32", CLIP, **CLIP_FIELDS, act="quick_gelu", proj_dim=512),
-    "vit_base_patch16_clip_224": _vit("B/16", CLIP, **CLIP_FIELDS, act="quick_gelu", proj_dim=512),
+    # (timm's names: `_quickgelu_` for OpenAI's weights, plain GELU for OpenCLIP's LAION / DataComp towers)
+    "vit_base_patch32_clip_quickgelu_224": _vit("B/32", CLIP, **CLIP_FIELDS, act="quick_gelu", proj_dim=512),
+    "vit_base_patch16_clip_quickgelu_224": _vit("B/16", CLIP, **CLIP_FIELDS, act="quick_gelu", proj_dim=512),
+    "vit_base_patch32_clip_224": _vit("B/32", CLIP, **CLIP_FIELDS, proj_dim=512),
+    "vit_base_patch16_clip_224": _vit("B/16", CLIP, **CLIP_FIELDS, proj_dim=512),
     # vitkit's own demo model (examples/train_digits.py): 8x8 digits upscaled to 32 px, one token per source pixel
     "vitkit_digits_patch4_32": Arch(
         ViTConfig(image_size=32, patch_size=4, width=64, depth=6, heads=4, mlp_dim=128, num_classes=10,
@@ -207,9 +210,9 @@ MODELS: dict[str, NamedModel] = {m.hub_id: m for m in (
                "SigLIP image tower: attention-pooled embedding (zero-shot needs the text tower)", SIGLIP),
     NamedModel("google/siglip2-base-patch16-224", "hf", "vit_base_patch16_siglip_224", "none", "apache-2.0",
                "SigLIP 2, fixed resolution: image tower", SIGLIP),
-    NamedModel("openai/clip-vit-base-patch32", "hf", "vit_base_patch32_clip_224", "none", "mit",
+    NamedModel("openai/clip-vit-base-patch32", "hf", "vit_base_patch32_clip_quickgelu_224", "none", "mit",
                "CLIP image tower: projected embedding in the image-text space", CLIP),
-    NamedModel("openai/clip-vit-base-patch16", "hf", "vit_base_patch16_clip_224", "none", "mit",
+    NamedModel("openai/clip-vit-base-patch16", "hf", "vit_base_patch16_clip_quickgelu_224", "none", "mit",
                "CLIP image tower: projected embedding in the image-text space", CLIP),
     NamedModel("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "hf", "vit_base_patch32_clip_224", "none", "mit",
                "OpenCLIP LAION-2B ViT-B/32 (GELU), transformers' files", CLIP),
