@@ -18,7 +18,14 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+if TYPE_CHECKING:
+    from PIL import ImageDraw
+# PIL.ImageDraw (and the ImageFont it loads) costs ~50 ms to import: it is imported where a PNG is drawn, so that
+# `vitkit --help`, which reads this package's flags, stays fast
 
 from vitkit.checkpoints.io import write_atomic_bytes
 from vitkit.explain.explanation import Explanation
@@ -57,8 +64,10 @@ def blend(image: Image.Image, heat: np.ndarray, alpha: float = ALPHA) -> Image.I
     return Image.fromarray(np.round(mixed).astype(np.uint8))
 
 
-def font(size: int) -> ImageFont.ImageFont:
+def font(size: int):
     """Pillow's bundled font at `size` px (a fixed bitmap font where Pillow has no FreeType)."""
+    from PIL import ImageFont
+
     return ImageFont.load_default(size=size)
 
 
@@ -89,6 +98,8 @@ def render(explanation: Explanation, panel: int = PANEL) -> Image.Image:
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     for i, picture in enumerate(panels):
         canvas.paste(picture, (margin + i * (size[0] + gap), margin))
+    from PIL import ImageDraw
+
     draw = ImageDraw.Draw(canvas)
     text_width = width - 2 * margin
     y = margin + size[1] + margin

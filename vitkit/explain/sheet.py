@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageOps
 
 from vitkit.explain.explanation import Explanation, Failed
 from vitkit.explain.overlay import BACKGROUND, INK, MUTED, blend, fit, font, save_png
@@ -28,6 +28,8 @@ ERROR_FILL = (236, 236, 236)
 def tile(item: Explanation | Failed, size: int = TILE) -> Image.Image:
     """One grid cell: the overlay (or the error, for an input that failed) above two caption lines."""
     cell = Image.new("RGB", (size, size + CAPTION), BACKGROUND)
+    from PIL import ImageDraw  # drawn only here (see overlay.py)
+
     draw = ImageDraw.Draw(cell)
     if isinstance(item, Failed):
         draw.rectangle((0, 0, size - 1, size - 1), fill=ERROR_FILL)
