@@ -139,7 +139,7 @@ def test_attention_maps_cover_the_patch_grid_only(family, files, colours):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["dinov2-registers", "dinov3", "clip", "siglip"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_finetune_learns_colours_with_the_defaults(family, files, tmp_path):
     data = colour_images(tmp_path / "data", per_class=16, seed=1)
     run = tmp_path / "run"
@@ -172,7 +172,7 @@ def test_layer_decay_groups_know_the_new_parameters(family, files):
     assert {"reg_token", "attn_pool.latent"} <= set(NO_DECAY_NAMES)
 
 
-@pytest.mark.parametrize("family", ["dinov2-registers", "dinov3", "clip", "siglip"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_index_search_and_retrieval_evaluation(family, files, colours, tmp_path, monkeypatch):
     pytest.importorskip("lancedb")
     db = tmp_path / "db"
@@ -190,7 +190,7 @@ def test_index_search_and_retrieval_evaluation(family, files, colours, tmp_path,
     assert result["recall@1"] > 2 * result["chance"]["recall@1"]
 
 
-@pytest.mark.parametrize("family", ["dinov2-registers", "siglip"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_serving_engine_answers_as_the_model(family, files, colours):
     pytest.importorskip("fastapi")
     from vitkit.service.engine import Engine

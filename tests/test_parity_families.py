@@ -396,3 +396,14 @@ def test_openclip_tower_to_vitkit(name, tmp_path, report):
     diff = (want - got).abs().max().item()
     assert diff <= TOL, diff
     report(f"parity: OpenCLIP VisionTransformer({name}) -> vitkit: max|diff| {diff:.1e}")
+
+
+@pytest.mark.parametrize("config", ["ViTMAEConfig", "Dinov2Config", "Dinov2WithRegistersConfig", "DINOv3ViTConfig",
+                                    "CLIPVisionConfig", "SiglipVisionConfig", "CLIPConfig", "SiglipConfig"])
+def test_a_config_json_without_the_default_fields_reads_as_transformers_defaults(config):
+    """transformers writes only the fields that differ from its defaults: vitkit must fill in the same ones."""
+    from vitkit.checkpoints.hf_config import config_from_hf
+
+    full = getattr(transformers, config)().to_dict()
+    minimal = {"model_type": full["model_type"]}
+    assert config_from_hf(minimal, {}) == config_from_hf(full, {})

@@ -21,6 +21,20 @@ TOWER_TYPES = ("vit_mae", "dinov2", "dinov2_with_registers", "dinov3_vit", "clip
                "siglip_vision_model")
 ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "silu": "silu"}
+_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=224, num_channels=3)
+# transformers' defaults for the fields a config.json may leave out (its configs save only non-defaults)
+DEFAULTS = {
+    "vit_mae": dict(_BASE, intermediate_size=3072, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-12),
+    "dinov2": dict(_BASE, mlp_ratio=4, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6),
+    "dinov2_with_registers": dict(_BASE, mlp_ratio=4, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-6,
+                                  num_register_tokens=4),
+    "dinov3_vit": dict(_BASE, hidden_size=384, num_attention_heads=6, intermediate_size=1536, patch_size=16,
+                       hidden_act="gelu", layer_norm_eps=1e-5),
+    "clip_vision_model": dict(_BASE, intermediate_size=3072, patch_size=32, hidden_act="quick_gelu",
+                              layer_norm_eps=1e-5),
+    "siglip_vision_model": dict(_BASE, intermediate_size=3072, patch_size=16, hidden_act="gelu_pytorch_tanh",
+                                layer_norm_eps=1e-6),
+}
 QKV_BIAS = {(True, True, True): "qkv", (True, False, True): "qv", (False, False, False): "none"}
 
 
@@ -39,13 +53,15 @@ def tower_fields(hf: dict, shapes: dict[str, tuple], side) -> dict:
     """ViTConfig fields for one of TOWER_TYPES (`side` reads an int / [h, w] / {height, width} size)."""
     model_type = hf["model_type"]
     if model_type in ("clip", "siglip"):
-        hf = {**hf["vision_config"], "projection_dim": hf.get("projection_dim")}
-    base = dict(image_size=side(hf.get("image_size", 224), "image_size"),
-                patch_size=side(hf.get("patch_size", 16), "patch_size"), in_chans=hf.get("num_channels", 3),
+        hf = {**(hf.get("vision_config") or {}), "projection_dim": hf.get("projection_dim")}
+    hf = {**DEFAULTS[{"clip": "clip_vision_model", "siglip": "siglip_vision_model"}.get(model_type, model_type)],
+          **{k: v for k, v in hf.items() if v is not None}}
+    base = dict(image_size=side(hf["image_size"], "image_size"),
+                patch_size=side(hf["patch_size"], "patch_size"), in_chans=hf["num_channels"],
                 width=hf["hidden_size"], depth=hf["num_hidden_layers"], heads=hf["num_attention_heads"],
                 act=_act(hf), pos_embed_antialias=False, num_classes=0)
     if model_type == "vit_mae":
-        return dict(base, mlp_dim=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-12),
+        return dict(base, mlp_dim=hf["intermediate_size"], norm_eps=hf["layer_norm_eps"],
                     qkv_bias="qkv" if hf.get("qkv_bias", True) else "none", family="mae")
     if model_type == "dinov3_vit":
         return dict(base, **_dinov3_fields(hf))
@@ -55,11 +71,10 @@ def tower_fields(hf: dict, shapes: dict[str, tuple], side) -> dict:
         if _has(shapes, "classifier.weight"):
             raise ValueError("Dinov2ForImageClassification (a head on class token + patch mean) is not supported "
                              "yet: load the backbone (Dinov2Model) and fine-tune or probe it with vitkit")
-        return dict(base, mlp_dim=int(hf["hidden_size"] * hf.get("mlp_ratio", 4)),
-                    norm_eps=hf.get("layer_norm_eps", 1e-6), qkv_bias="qkv" if hf.get("qkv_bias", True) else "none",
+        return dict(base, mlp_dim=int(hf["hidden_size"] * hf["mlp_ratio"]), norm_eps=hf["layer_norm_eps"], qkv_bias="qkv" if hf.get("qkv_bias", True) else "none",
                     layer_scale_init=hf.get("layerscale_value", 1.0), reg_tokens=hf.get("num_register_tokens", 0),
                     pos_embed_antialias=model_type == "dinov2_with_registers", family="dinov2")
-    common = dict(base, mlp_dim=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-5))
+    common = dict(base, mlp_dim=hf["intermediate_size"], norm_eps=hf["layer_norm_eps"])
     if model_type.startswith("clip"):
         proj = next((v[0] for k, v in shapes.items() if k.endswith("visual_projection.weight")), 0)
         return dict(common, pre_norm=True, patch_bias=False, proj_dim=proj, family="clip")
@@ -74,7 +89,7 @@ def _dinov3_fields(hf: dict) -> dict:
         raise ValueError(f"DINOv3 with query/key/value biases {biases} is not supported")
     if not hf.get("proj_bias", True) or not hf.get("mlp_bias", True):
         raise ValueError("DINOv3 without output-projection or MLP biases is not supported")
-    return dict(mlp_dim=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-5), abs_pos_embed=False,
+    return dict(mlp_dim=hf["intermediate_size"], norm_eps=hf["layer_norm_eps"], abs_pos_embed=False,
                 rope="dinov3", rope_theta=float(hf.get("rope_theta", 100.0)), reg_tokens=hf.get("num_register_tokens", 0),
                 layer_scale_init=hf.get("layerscale_value", 1.0), qkv_bias=QKV_BIAS[biases],
                 mlp="swiglu" if hf.get("use_gated_mlp") else "plain", family="dinov3")
