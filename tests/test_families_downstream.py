@@ -95,8 +95,13 @@ def test_packed_runtime_matches_the_plain_network(family, files):
     fast = vitkit.load(str(files[family]), backend="eager", dtype="fp32")
     x = pixels()
     assert (plain(x) - fast(x)).abs().max().item() <= TOL
-    for pool in ("mean", "prelogits", plain.default_pool):
+    pools = ("mean", "prelogits", plain.default_pool) + (("cls_mean",) if plain.config.class_token else ())
+    for pool in pools:
         assert (plain.embed_pixels(x, pool) - fast.embed_pixels(x, pool)).abs().max().item() <= TOL, pool
+    if plain.config.class_token:  # DINOv2's linear-evaluation features: class token beside the patch mean
+        tokens = plain.net.forward_features(x)
+        want = torch.cat((tokens[:, 0], tokens[:, plain.config.num_prefix_tokens:].mean(dim=1)), dim=-1)
+        assert torch.equal(plain.embed_pixels(x, "cls_mean", normalize=False), want)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -110,8 +115,8 @@ def test_onnx_export_is_verified_and_loads_back(family, files, tmp_path):
     onnx = vitkit.load(str(tmp_path / "m.onnx"))
     x = pixels()
     assert (onnx(x) - model(x)).abs().max().item() <= TOL
-    pool = model.default_pool
-    assert (onnx.embed_pixels(x, pool) - model.embed_pixels(x, pool)).abs().max().item() <= TOL
+    for pool in {model.default_pool, "mean", "tokens"} | ({"cls_mean"} if model.config.class_token else set()):
+        assert (onnx.embed_pixels(x, pool) - model.embed_pixels(x, pool)).abs().max().item() <= TOL, pool
 
 
 @pytest.mark.parametrize("family", FAMILIES)

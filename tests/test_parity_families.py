@@ -53,6 +53,11 @@ SIGLIP = dict(TINY, intermediate_size=96, hidden_act="gelu_pytorch_tanh")
 CASES = {
     "mae": Case("ViTMAEModel", "ViTMAEConfig", dict(TINY, intermediate_size=96, mask_ratio=0.0), "mae"),
     "dinov2": Case("Dinov2Model", "Dinov2Config", dict(TINY, mlp_ratio=2, layerscale_value=0.5), "dinov2"),
+    "dinov2-classifier": Case("Dinov2ForImageClassification", "Dinov2Config",
+                              dict(TINY, mlp_ratio=2, num_labels=4, id2label={0: "a", 1: "b", 2: "c", 3: "d"},
+                                   label2id={"a": 0, "b": 1, "c": 2, "d": 3}), "dinov2"),
+    "dinov2-registers-classifier": Case("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
+                                        dict(TINY, mlp_ratio=2, num_register_tokens=2, num_labels=3), "dinov2"),
     "dinov2-registers": Case("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig",
                              dict(TINY, mlp_ratio=2, num_register_tokens=3), "dinov2"),
     "dinov3": Case("DINOv3ViTModel", "DINOv3ViTConfig", dict(TINY, intermediate_size=96, num_register_tokens=2,
@@ -81,6 +86,10 @@ def reference(model, x: torch.Tensor, native: bool) -> dict:
         out = tower(**kwargs)
         pooled = model.get_image_features(pixel_values=x, interpolate_pos_encoding=not native)
         pooled = getattr(pooled, "pooler_output", pooled)  # newer transformers return an output object
+    elif hasattr(model, "classifier"):  # a classifier: its logits, and the backbone's tokens
+        logits = model(**kwargs).logits
+        out = model.base_model(**kwargs)
+        return dict(pooled=logits, tokens=out.last_hidden_state, hidden=out.hidden_states)
     else:
         out = model(**kwargs)
         pooled = getattr(out, "image_embeds", None)
@@ -98,7 +107,9 @@ def mine(net, x: torch.Tensor) -> dict:
     tokens = net.forward_features(x)
     blocks = net.forward_intermediates(x, list(range(net.config.depth)))
     pooled = net.forward_head(tokens, pre_logits=True)
-    if net.config.family == "dinov2" or net.config.family == "mae":
+    if net.config.num_classes:
+        pooled = net(x)  # the logits
+    elif net.config.family == "dinov2" or net.config.family == "mae":
         pooled = net.pool(tokens, "cls")  # their pooler_output: the class token after the final norm
     return dict(pooled=pooled, tokens=tokens, hidden=(net.embed(x)[0], *blocks))
 

@@ -128,7 +128,7 @@ def test_models_describes_the_model_and_index(model, index):
 
 def test_a_pooling_the_model_cannot_give_is_refused_at_startup(model):
     for pool in ("tokens", "max"):
-        with pytest.raises(ValueError, match="one vector per image: pool must be one of cls, mean, prelogits"):
+        with pytest.raises(ValueError, match="one vector per image: pool must be one of cls, mean, cls_mean, prelogits"):
             create_app(Engine(model), pool=pool)
 
 

@@ -21,10 +21,9 @@ from vitkit.config import PreprocessSpec, ViTConfig
 from vitkit.data.decode import decode_image
 from vitkit.data.transforms import preprocess_batch
 from vitkit.limits import check_tokens
+from vitkit.models.vit import POOLS, VECTOR_POOLS  # noqa: F401  (VECTOR_POOLS: re-exported for the features)
 
 ImageInput = Image.Image | str | Path | bytes
-POOLS = ("cls", "mean", "tokens", "prelogits")
-VECTOR_POOLS = ("cls", "mean", "prelogits")  # one vector per image: what an index stores, what /v1/embed answers
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class Model:
         cfg = self.config
         grid = self.spec.input_size // cfg.patch_size
         one = {"tokens": (cfg.num_prefix_tokens + grid * grid, cfg.width),
-               "prelogits": (cfg.embed_dim,)}.get(pool, (cfg.width,))
+               "prelogits": (cfg.embed_dim,), "cls_mean": (2 * cfg.width,)}.get(pool, (cfg.width,))
         return one if layers is None else (len(layers), *one)
 
     @torch.inference_mode()

@@ -77,7 +77,8 @@ class ViTConfig:
     rope: Literal["none", "dinov3", "eva"] = "none"  # rotary positions on the patch tokens' queries and keys
     rope_theta: float = 100.0  # DINOv3 100, EVA-02 10000
     rope_ref_grid: int = 0  # EVA-02: the pre-training grid that patch indices are rescaled to (0: this grid)
-    pool: Literal["cls", "mean", "map"] = "cls"  # mean: patch-token average (BEiT); map: attention pooling (SigLIP)
+    # mean: patch-token average (BEiT); cls_mean: both side by side (DINOv2 classifiers); map: attention (SigLIP)
+    pool: Literal["cls", "mean", "cls_mean", "map"] = "cls"
     fc_norm: bool = False  # norm after pooling instead of before (BEiT mean pooling)
     pre_logits_dim: int = 0  # dense + tanh "pooler"/representation layer (JAX in21k, HF ViTModel)
     proj_dim: int = 0  # CLIP: linear projection (no bias) of the pooled token into the shared image-text space
@@ -106,8 +107,8 @@ class ViTConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dist_token and not self.class_token:
             raise ValueError("a distillation token needs a class token")
-        if self.pool == "cls" and not self.class_token:
-            raise ValueError("pool 'cls' needs a class token: use pool 'mean' or 'map'")
+        if self.pool in ("cls", "cls_mean") and not self.class_token:
+            raise ValueError(f"pool {self.pool!r} needs a class token: use pool 'mean' or 'map'")
         if self.rope != "none" and self.head_dim % 4:
             raise ValueError(f"2-D rotary embeddings need a head size divisible by 4, got {self.head_dim}")
         check_float("rope_theta", self.rope_theta, 0.0, 1e9, low_open=True)
@@ -141,7 +142,7 @@ class ViTConfig:
     @property
     def embed_dim(self) -> int:
         """Size of the head's input: the pre-logits layer's, the projection's, or the width."""
-        return self.pre_logits_dim or self.proj_dim or self.width
+        return self.pre_logits_dim or self.proj_dim or (2 if self.pool == "cls_mean" else 1) * self.width
 
     @property
     def head_dim(self) -> int:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 
-from vitkit.checkpoints.hf_towers import TOWER_TYPES, tower_architecture, tower_fields, tower_model_type, tower_to_hf
+from vitkit.checkpoints.hf_towers import (TOWER_TYPES, tower_architecture, tower_fields, tower_model_type, tower_prefix,
+                                         tower_to_hf)
 from vitkit.config import ViTConfig, PreprocessSpec
 
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -44,7 +45,7 @@ def config_from_hf(hf: dict, shapes: dict[str, tuple]) -> ViTConfig:
     if model_type not in SUPPORTED_TYPES:
         raise ValueError(f"unsupported transformers model_type {model_type!r}: vitkit reads {SUPPORTED_TYPES}")
     if model_type in TOWER_TYPES:
-        return ViTConfig(**tower_fields(hf, shapes, _side))
+        return ViTConfig(**_with_labels(tower_fields(hf, shapes, _side), hf))
     if hf.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}: ViT-family checkpoints use exact 'gelu'")
     architecture = (hf.get("architectures") or [""])[0]
@@ -74,12 +75,17 @@ def config_from_hf(hf: dict, shapes: dict[str, tuple]) -> ViTConfig:
         fields.update(abs_pos_embed=hf.get("use_absolute_position_embeddings", False), rel_pos_bias=rel,
                       qkv_bias="qv", layer_scale_init=scale if scale > 0 else None,
                       pool="mean" if mean_pool else "cls", fc_norm=mean_pool)
+    return ViTConfig(**_with_labels(fields, hf))
+
+
+def _with_labels(fields: dict, hf: dict) -> dict:
+    """`fields` with the classifier's label names from id2label, when there are as many as classes."""
     if fields["num_classes"]:
         id2label = hf.get("id2label") or {}
         labels = tuple(id2label[k] for k in sorted(id2label, key=int))
         if len(labels) == fields["num_classes"]:
             fields["labels"] = labels
-    return ViTConfig(**fields)
+    return fields
 
 
 def hf_model_type(cfg: ViTConfig) -> str:
@@ -94,7 +100,7 @@ def hf_model_type(cfg: ViTConfig) -> str:
 def hf_architecture(cfg: ViTConfig) -> tuple[str, str]:
     """(architecture class name, state-dict prefix of its backbone)."""
     if cfg.family in TOWER_FAMILIES:
-        return tower_architecture(cfg), "vision_model." if cfg.family in ("clip", "siglip") else ""
+        return tower_architecture(cfg), tower_prefix(cfg)
     model_type = hf_model_type(cfg)
     name = {"vit": "ViT", "deit": "DeiT", "beit": "Beit"}[model_type]
     if not cfg.num_classes:

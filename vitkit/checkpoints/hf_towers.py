@@ -68,10 +68,10 @@ def tower_fields(hf: dict, shapes: dict[str, tuple], side) -> dict:
     if model_type.startswith("dinov2"):
         if hf.get("use_swiglu_ffn"):
             raise ValueError("DINOv2 with a SwiGLU MLP (the giant model) is not supported yet")
-        if _has(shapes, "classifier.weight"):
-            raise ValueError("Dinov2ForImageClassification (a head on class token + patch mean) is not supported "
-                             "yet: load the backbone (Dinov2Model) and fine-tune or probe it with vitkit")
-        return dict(base, mlp_dim=int(hf["hidden_size"] * hf["mlp_ratio"]), norm_eps=hf["layer_norm_eps"], qkv_bias="qkv" if hf.get("qkv_bias", True) else "none",
+        classes = next((v[0] for k, v in shapes.items() if k.endswith("classifier.weight")), 0)
+        return dict(base, num_classes=classes, pool="cls_mean" if classes else "cls",  # the head reads cls + mean
+                    mlp_dim=int(hf["hidden_size"] * hf["mlp_ratio"]), norm_eps=hf["layer_norm_eps"],
+                    qkv_bias="qkv" if hf.get("qkv_bias", True) else "none",
                     layer_scale_init=hf.get("layerscale_value", 1.0), reg_tokens=hf.get("num_register_tokens", 0),
                     pos_embed_antialias=model_type == "dinov2_with_registers", family="dinov2")
     common = dict(base, mlp_dim=hf["intermediate_size"], norm_eps=hf["layer_norm_eps"])
@@ -101,7 +101,17 @@ def tower_model_type(cfg) -> str:
         cfg.family, "dinov2_with_registers" if cfg.reg_tokens else "dinov2")
 
 
+def tower_prefix(cfg) -> str:
+    """Where the backbone's keys live in the class tower_architecture names."""
+    if cfg.family in ("clip", "siglip"):
+        return "vision_model."
+    return tower_model_type(cfg) + "." if cfg.num_classes else ""
+
+
 def tower_architecture(cfg) -> str:
+    if cfg.num_classes:  # only DINOv2 has a classifier class vitkit writes (tower_to_hf checks)
+        return {"dinov2": "Dinov2ForImageClassification",
+                "dinov2_with_registers": "Dinov2WithRegistersForImageClassification"}.get(tower_model_type(cfg), "")
     return {"vit_mae": "ViTMAEModel", "dinov2": "Dinov2Model", "dinov2_with_registers": "Dinov2WithRegistersModel",
             "clip_vision_model": "CLIPVisionModelWithProjection" if cfg.proj_dim else "CLIPVisionModel",
             "siglip_vision_model": "SiglipVisionModel", "dinov3_vit": "DINOv3ViTModel"}[tower_model_type(cfg)]
@@ -110,15 +120,17 @@ def tower_architecture(cfg) -> str:
 def tower_to_hf(cfg) -> dict:
     """config.json of the transformers class that holds `cfg` (a backbone: these families have no classifier
     class in transformers that vitkit writes)."""
-    if cfg.num_classes:
-        raise ValueError(f"transformers has no {cfg.family} classifier class that vitkit writes: save with "
-                         "--to timm or --to safetensors, or save the backbone (num_classes=0)")
     model_type = tower_model_type(cfg)
+    if cfg.num_classes and not (model_type.startswith("dinov2") and cfg.pool == "cls_mean"):
+        raise ValueError(f"transformers has no {cfg.family} classifier class that holds this head: save with "
+                         "--to timm or --to safetensors, or save the backbone (num_classes=0)")
     act = {v: k for k, v in ACTIVATIONS.items() if k != "gelu_new"}[cfg.act]
     hf = dict(model_type=model_type, architectures=[tower_architecture(cfg)], hidden_size=cfg.width,
               num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads, hidden_act=act,
               layer_norm_eps=cfg.norm_eps, image_size=cfg.image_size, patch_size=cfg.patch_size,
-              num_channels=cfg.in_chans, torch_dtype="float32")
+              num_channels=cfg.in_chans, torch_dtype="float32",
+              id2label={str(i): name for i, name in enumerate(cfg.labels)},
+              label2id={name: i for i, name in enumerate(cfg.labels)})
     if model_type.startswith("dinov2"):
         ratio = cfg.mlp_dim / cfg.width
         hf.update(mlp_ratio=int(ratio) if ratio.is_integer() else ratio, layerscale_value=cfg.layer_scale_init or 1.0,

@@ -120,6 +120,7 @@ def _hf_dinov2_keymap(prefix: str) -> KeyMap:
         Rename(layer + "mlp.fc1.{p}", "blocks.{i}.mlp.fc1.{p}"),
         Rename(layer + "mlp.fc2.{p}", "blocks.{i}.mlp.fc2.{p}"),
         Rename(prefix + "layernorm.{p}", "norm.{p}"),
+        Rename("classifier.{p}", "head.{p}"),  # *ForImageClassification: on class token + patch mean
     ), ignore=(r"embeddings\.mask_token$",))
 
 

@@ -26,6 +26,11 @@ from vitkit.models.pos_embed import RelativePositionBias, SizeCache, resample_ab
 from vitkit.models.rope import rope_tables
 
 
+# how one image's tokens become an embedding (see VisionTransformer.pool); the vector ones are what an index stores
+POOLS = ("cls", "mean", "cls_mean", "tokens", "prelogits")
+VECTOR_POOLS = ("cls", "mean", "cls_mean", "prelogits")
+
+
 def layer_id(name: str, depth: int) -> int:
     """Layer ids of parameter names: the embedding (patch projection, class/distillation tokens, positions, a
     shared BEiT table) is 0, block i is i + 1, everything after the blocks (norms, pre-logits, heads) depth + 1."""
@@ -217,6 +222,8 @@ class VisionTransformer(nn.Module):
         cfg = self.config
         if cfg.pool == "mean":
             pooled = [tokens[:, cfg.num_prefix_tokens:].mean(dim=1)]  # [(B, D)]
+        elif cfg.pool == "cls_mean":  # DINOv2's classifiers: class token beside the patch mean
+            pooled = [self.pool(tokens, "cls_mean")]  # [(B, 2D)]
         elif cfg.pool == "map":
             pooled = [self.attn_pool(tokens)[0]]  # [(B, D)]
         else:
@@ -239,7 +246,7 @@ class VisionTransformer(nn.Module):
     def pool(self, tokens: torch.Tensor, kind: str, final: bool = True) -> torch.Tensor:
         """Tokens (B, T, D) -> one embedding per image: 'cls' the class token (B, D), 'mean' the patch-token
         mean (B, D; registers left out; then fc_norm when the model pools that way and these are the final
-        tokens), 'prelogits' the head's input (B, D', final tokens only: the pooler, CLIP's projection or
+        tokens), 'cls_mean' the two side by side (B, 2D; DINOv2's linear-evaluation features), 'prelogits' the head's input (B, D', final tokens only: the pooler, CLIP's projection or
         SigLIP's attention pooling included), 'tokens' every token (B, T, D). `final`: the tokens
         after the final norm (forward_features), else one block's raw hidden states."""
         if kind == "tokens":
@@ -252,8 +259,11 @@ class VisionTransformer(nn.Module):
             if not final:
                 raise ValueError("'prelogits' pools the final layer only; use cls, mean or tokens with --layers")
             return self.forward_head(tokens, pre_logits=True)  # (B, D')
+        if kind == "cls_mean":
+            cls = self.pool(tokens, "cls", final)
+            return torch.cat((cls, tokens[:, self.config.num_prefix_tokens:].mean(dim=1)), dim=-1)  # (B, 2D)
         if kind != "mean":
-            raise ValueError(f"unknown pooling {kind!r}: choose cls, mean, prelogits or tokens")
+            raise ValueError(f"unknown pooling {kind!r}: choose {', '.join(POOLS)}")
         mean = tokens[:, self.config.num_prefix_tokens:].mean(dim=1)  # (B, D)
         return self.fc_norm(mean) if final else mean
 

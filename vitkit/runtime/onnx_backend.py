@@ -27,13 +27,11 @@ import torch
 from torch import nn
 
 from vitkit.config import PreprocessSpec, ViTConfig
+from vitkit.models.vit import POOLS
 from vitkit.onnx.export import export_bytes
 from vitkit.onnx.format import FEATURES, LOGITS, PRE_LOGITS, OnnxMetadata, metadata_from_props
 from vitkit.onnx.session import Session
 from vitkit.runtime.backends import RuntimeInfo, RuntimeUnavailable
-
-POOLS = ("cls", "mean", "tokens", "prelogits")
-
 
 def _check_device(device: torch.device) -> None:
     import onnxruntime as ort
@@ -113,9 +111,11 @@ class OnnxNet(nn.Module):
         tokens = torch.from_numpy(out[FEATURES])
         if pool == "tokens":
             return tokens
-        if pool == "cls":
+        if pool in ("cls", "cls_mean"):
             if not self.config.class_token:
                 raise ValueError("this model has no class token: pool 'mean', 'prelogits' or 'tokens'")
+            if pool == "cls_mean":
+                return torch.cat((tokens[:, 0], tokens[:, self.config.num_prefix_tokens:].mean(dim=1)), dim=-1)
             return tokens[:, 0]
         if pool == "prelogits":
             return torch.from_numpy(out[PRE_LOGITS])

@@ -44,7 +44,7 @@ class ClassifyResponse(BaseModel):
 
 class EmbedResponse(BaseModel):
     model: str
-    pool: str = Field(description="how tokens became one vector: cls, mean or prelogits")
+    pool: str = Field(description="how tokens became one vector: cls, mean, cls_mean or prelogits")
     dim: int
     embedding: list[float] = Field(description="L2-normalised")
 
