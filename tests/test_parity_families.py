@@ -299,7 +299,7 @@ def test_timm_families_at_other_sizes(name, timm_built):
         assert diff <= TOL, (size, diff)
 
 
-# ------------------------------------------------------------------------------------------- timm EVA-02
+# ------------------------------------------------------------------------------- timm eva.py: EVA-02, DINOv3
 EVA_CASES = {  # name -> (timm Eva arguments, vitkit config fields)
     "eva02-tiny-packed": (dict(swiglu_mlp=True, mlp_ratio=8 / 3),
                           dict(mlp_dim=128, mlp="swiglu", act="silu")),
@@ -309,6 +309,13 @@ EVA_CASES = {  # name -> (timm Eva arguments, vitkit config fields)
                                    dict(mlp_dim=128, mlp="swiglu", act="silu", layer_scale_init=0.5,
                                         rope_ref_grid=6)),
 }
+TIMM_DINOV3_ARGS = dict(use_rot_pos_emb=True, rope_type="dinov3", rope_temperature=100, rope_rotate_half=True,
+                        use_abs_pos_emb=False, num_reg_tokens=2, init_values=0.5, global_pool="token")
+TIMM_DINOV3_FIELDS = dict(abs_pos_embed=False, rope="dinov3", rope_theta=100.0, reg_tokens=2, layer_scale_init=0.5,
+                          pool="cls", fc_norm=False, family="dinov3")
+EVA_CASES["dinov3-timm-no-qkv-bias"] = (dict(TIMM_DINOV3_ARGS, qkv_bias=False),
+                                        dict(TIMM_DINOV3_FIELDS, qkv_bias="none", mlp_dim=192))
+EVA_CASES["dinov3-timm-qv-bias"] = (dict(TIMM_DINOV3_ARGS, qkv_bias=True), dict(TIMM_DINOV3_FIELDS, mlp_dim=192))
 EVA_COMMON = (dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5, use_rot_pos_emb=True),
               dict(image_size=32, patch_size=8, width=48, depth=2, heads=3, num_classes=5, rope="eva",
                    rope_theta=10000.0, qkv_bias="qv", pool="mean", fc_norm=True, norm_eps=1e-6, family="eva02"))
@@ -330,7 +337,7 @@ def _eva(timm_args: dict, **extra):
 
 
 @pytest.mark.parametrize("name", EVA_CASES)
-def test_timm_eva02_to_vitkit_and_back(name, tmp_path, report):
+def test_timm_eva_module_to_vitkit_and_back(name, tmp_path, report):
     from safetensors.torch import load_file, save_file
 
     from vitkit.checkpoints.save import save_timm

@@ -233,7 +233,7 @@ TIMM_EVA_RULES = (Rename("blocks.{i}.gamma_1", "blocks.{i}.ls1.gamma"), Rename("
 
 def timm_keymap(cfg: ViTConfig) -> KeyMap:
     rules = TIMM_BEIT_RULES if cfg.family == "beit" else ()
-    if cfg.family == "eva02":
+    if cfg.family in ("eva02", "dinov3"):  # both live in timm's eva.py
         rules += TIMM_EVA_RULES + (TIMM_EVA_SPLIT_RULES if cfg.mlp_norm else ())
     if cfg.pool == "map":
         rules += TIMM_MAP_RULES
