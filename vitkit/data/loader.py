@@ -59,6 +59,8 @@ def iter_batches(paths: list[str], spec: PreprocessSpec, batch_size: int = 16, w
     dataset = ImageFiles(paths, spec, max_pixels, draft)
     loader = DataLoader(dataset, batch_sampler=plan, num_workers=workers, collate_fn=_collate,
                         worker_init_fn=die_with_parent, pin_memory=pin_memory,
+                        generator=torch.Generator(),  # its own: a DataLoader draws a seed from the global one
+
                         prefetch_factor=4 if workers else None,
                         multiprocessing_context=worker_context(start_method) if workers else None)
     yield from loader

@@ -118,7 +118,8 @@ class FeatureExtractor:
         todo = sum(len(p) for p in plan)
         loader = DataLoader(_Views(images), batch_sampler=[p[i:i + self.batch_size] for p in plan
                                                            for i in range(0, len(p), self.batch_size)],
-                            num_workers=self.workers, collate_fn=_collate, worker_init_fn=die_with_parent)
+                            num_workers=self.workers, collate_fn=_collate, worker_init_fn=die_with_parent,
+                            generator=torch.Generator())  # its own: a loader draws a seed from the global one
         pending: dict[int, list[Chunk]] = {}
         show = self.progress and todo >= PROGRESS_MIN_INPUTS
         with tqdm(total=todo, unit="img", desc=f"features: {what}", disable=not show, file=sys.stderr,
