@@ -105,6 +105,7 @@ def run(deit, data: Path, labels_file: Path | None = None, **kw):
 
 # ----------------------------------------------------------------------------- the layouts, on real photos
 @needs_shared
+@pytest.mark.slow
 def test_the_shared_folder_with_its_labels_csv(deit, direct, tmp_path, report):
     rows = labelled()
     ev = run(deit, PHOTOS, model_arg=str(WEIGHTS), arch=ARCH)

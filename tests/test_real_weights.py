@@ -122,6 +122,7 @@ def test_logits_match_timm_reference(pixels, logits, report):
     assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_accuracy_on_labelled_photos(model, photos, images, pixels, logits, report):
     top1, top5 = accuracy(logits, photos)
     # timm's current pretrained_cfg for deit_tiny_patch16_224: crop_pct 0.9 (resize 248 -> crop 224)

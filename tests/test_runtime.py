@@ -134,6 +134,7 @@ def test_eager_bf16_full_size_vit_b16():
 @needs_bf16
 @pytest.mark.skipif(not (SHARED / "weights/deit-tiny-patch16-224/model.safetensors").exists(),
                     reason="../shared/weights/deit-tiny-patch16-224 is not here")
+@pytest.mark.slow
 def test_bf16_top1_agreement_real_deit_tiny(report):
     weights = SHARED / "weights/deit-tiny-patch16-224/model.safetensors"
     photos = sorted(str(p) for p in (SHARED / "images/imagenet-sample-100").glob("*.JPEG"))
