@@ -59,14 +59,12 @@ def colour_images(folder: Path, per_class: int, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, randomise):
     """family -> a randomised tiny model saved as vitkit safetensors (config and preprocessing inside)."""
-    from conftest import randomise_
-
     root = tmp_path_factory.mktemp("families")
     out = {}
     for seed, (name, fields) in enumerate(FAMILIES.items()):
-        net = randomise_(VisionTransformer(ViTConfig(**{**TINY, **fields})), seed=seed)
+        net = randomise(VisionTransformer(ViTConfig(**{**TINY, **fields})), seed=seed)
         out[name] = save_vitkit(net, SPEC, root / f"{name}.safetensors")
     return out
 

@@ -135,7 +135,8 @@ def test_real_deit_tiny_on_grouped_photos(tmp_path, monkeypatch, capsys, report)
         folder = tmp_path / group_of[r["class_name"]]
         folder.mkdir(exist_ok=True)
         shutil.copy(PHOTOS / r["file"], folder / r["file"])
-    for pool, recall_factor, map_factor in (("cls", 3, 1.5), ("mean", 4, 2.5)):
+    # cls_mean: class token beside the patch mean (DINOv2's linear-evaluation features), new with the families
+    for pool, recall_factor, map_factor in (("cls", 3, 1.5), ("mean", 4, 2.5), ("cls_mean", 3, 1.5)):
         result = eval_retrieval(monkeypatch, capsys, str(tmp_path), "--model", str(WEIGHTS),
                                 "--arch", "deit_tiny_patch16_224", "--pool", pool)
         chance = result["chance"]

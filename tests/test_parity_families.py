@@ -11,10 +11,14 @@ Run:  .venv/bin/python -m pytest tests/test_parity_families.py -q
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package: the reference helpers
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -212,10 +216,6 @@ TIMM_CASES = {  # name -> (timm VisionTransformer arguments, vitkit config field
 
 @pytest.fixture(scope="module")
 def timm_built(tmp_path_factory):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference_timm import import_timm, tiny_vit
 
     try:
@@ -322,10 +322,6 @@ EVA_COMMON = (dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3
 
 
 def _eva(timm_args: dict, **extra):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference_timm import _build, import_timm
 
     try:
@@ -379,10 +375,6 @@ OPENCLIP_CASES = {  # name -> (open_clip VisionTransformer arguments, model_cfg 
 
 @pytest.mark.parametrize("name", OPENCLIP_CASES)
 def test_openclip_tower_to_vitkit(name, tmp_path, report):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference_openclip import import_openclip_transformer
     from reference_timm import randomize_
 
