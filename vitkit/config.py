@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vitkit.labels import default_labels
-from vitkit.limits import CONFIG_INTS, INPUT_SIZE, MAX_PARAMETERS, check_float, check_int, check_tokens
+from vitkit.limits import (CONFIG_INTS, INPUT_SIZE, MAX_PARAMETERS, TEXT_INTS, check_float, check_int,
+                           check_tokens)
 
 # Variants are data: name -> (width, depth, mlp_dim, heads), as in big_vision's decode_variant.
 WIDTHS = {
@@ -168,6 +169,65 @@ class ViTConfig:
         d = dict(d)
         if "labels" in d:
             d["labels"] = tuple(d["labels"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The text tower of an image-text model (CLIP, OpenCLIP, SigLIP, SigLIP 2): token and learned position
+    embeddings, pre-norm blocks (the ViT's own `Block`), a final norm, one pooled token, a projection into the
+    shared space, and the learned temperature (and SigLIP's bias) that turn cosine similarities into logits.
+
+      CLIP    causal attention, the first end-of-text token pooled (`pool="eos"`; old configs: the highest id,
+              `"argmax"`), a projection without bias, softmax over the labels
+      SigLIP  bidirectional attention, the last position pooled, a projection with bias, a learned logit bias,
+              a sigmoid per label
+    """
+
+    vocab_size: int = 49408
+    context_length: int = 77  # the learned positions: every tokenized text is padded or cut to this length
+    width: int = 512
+    depth: int = 12
+    heads: int = 8
+    mlp_dim: int = 2048
+    act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "quick_gelu"
+    norm_eps: float = 1e-5
+    causal: bool = True  # CLIP: a token attends to those before it only
+    pool: Literal["eos", "argmax", "last"] = "eos"
+    eos_id: int = 49407  # pool "eos": the first position holding this id
+    proj_dim: int = 512  # 0: the pooled token is the embedding
+    proj_bias: bool = False  # SigLIP's head has a bias
+    logit_bias: bool = False  # SigLIP: sigmoid logits = scale * cos + bias
+    family: Literal["clip", "siglip"] = "clip"
+
+    def __post_init__(self):
+        for name, (low, high) in TEXT_INTS.items():
+            check_int(name, getattr(self, name), low, high)
+        check_float("norm_eps", self.norm_eps, 0.0, 1.0, low_open=True)
+        if self.width % self.heads:
+            raise ValueError(f"text width {self.width} is not divisible by heads {self.heads}")
+        if self.pool == "eos" and not 0 <= self.eos_id < self.vocab_size:
+            raise ValueError(f"eos_id {self.eos_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+        if self.proj_bias and not self.proj_dim:
+            raise ValueError("a projection bias needs a projection (proj_dim > 0)")
+
+    @property
+    def embed_dim(self) -> int:
+        return self.proj_dim or self.width
+
+    def block_config(self) -> ViTConfig:
+        """The fields the ViT's `Block` reads (width, heads, MLP, activation, norm epsilon), as a ViTConfig."""
+        return ViTConfig(width=self.width, depth=self.depth, heads=self.heads, mlp_dim=self.mlp_dim, act=self.act,
+                         norm_eps=self.norm_eps, num_classes=0)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TextConfig fields: {sorted(unknown)}")
         return cls(**d)
 
 

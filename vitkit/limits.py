@@ -23,6 +23,12 @@ CONFIG_INTS = {  # field -> (lowest, highest)
     "depth": (1, 256), "heads": (1, 1024), "mlp_dim": (1, 131072), "num_classes": (0, 1_000_000),
     "pre_logits_dim": (0, 16384), "proj_dim": (0, 16384), "reg_tokens": (0, 64), "rope_ref_grid": (0, 1024),
 }
+TEXT_INTS = {  # a text tower's fields -> (lowest, highest)
+    "vocab_size": (1, 1_000_000), "context_length": (1, 4096), "width": (1, 16384), "depth": (1, 256),
+    "heads": (1, 1024), "mlp_dim": (1, 131072), "eos_id": (0, 1_000_000), "proj_dim": (0, 16384),
+}
+MAX_TEXTS = 100_000  # texts in one request or label set
+MAX_TEXT_CHARS = 10_000  # one text, before tokenizing (what the model reads is cut to its context length anyway)
 MAX_TOKENS = 16384  # patches per image (a 2048-px image at patch 16): attention is quadratic in them
 MAX_PARAMETERS = 25_000_000_000  # ViT-22B fits; a config asking for more is a mistake or an attack
 INPUT_SIZE = (1, 4096)

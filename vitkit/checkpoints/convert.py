@@ -77,7 +77,7 @@ def load_network(model: str | None, arch: str | None = None, **runtime) -> Loade
                           "file or folder, and not a hub id (org/name)")
 
 
-def _weights_in(folder: Path) -> Path:
+def weights_in(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
@@ -95,36 +95,36 @@ def load_folder(folder: Path, arch: str | None = None, fallback_spec: Preprocess
     row) is used only when the folder says nothing."""
     folder = Path(folder)
     source = source or str(folder)
-    weights = _weights_in(folder)
+    weights = weights_in(folder)
     config_file = folder / "config.json"
-    meta = _parsed(config_file, lambda: _json_object(config_file)) if config_file.is_file() else {}
-    spec = _parsed(config_file, lambda: PreprocessSpec.from_dict(meta[VITKIT_PREPROCESS])) \
+    meta = parsed(config_file, lambda: json_object(config_file)) if config_file.is_file() else {}
+    spec = parsed(config_file, lambda: PreprocessSpec.from_dict(meta[VITKIT_PREPROCESS])) \
         if VITKIT_PREPROCESS in meta else None
     if "model_type" in meta:  # transformers
         tensors = read_tensors(weights)
         pre_file = folder / "preprocessor_config.json"
         if spec is None and pre_file.is_file():
-            spec = _parsed(pre_file, lambda: spec_from_hf(_json_object(pre_file)))
+            spec = parsed(pre_file, lambda: spec_from_hf(json_object(pre_file)))
         spec = spec or fallback_spec
         if spec is None:
             raise CheckpointError(f"{folder} has no preprocessor_config.json: vitkit will not guess the "
                                   "normalization; add one or load with --arch NAME to use that architecture's")
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-        cfg = _parsed(config_file, lambda: config_from_hf(meta, shapes).replace(**(runtime or {})))
+        cfg = parsed(config_file, lambda: config_from_hf(meta, shapes).replace(**(runtime or {})))
         keymap = hf_keymap(cfg, hf_prefix(tensors))
         return Loaded(_build(keymap.to_native(tensors, cfg), cfg, keymap.name), spec, source, "hf")
     openclip_file = folder / "open_clip_config.json"
     if not meta and openclip_file.is_file():  # an OpenCLIP hub folder: its image tower
-        oc = _parsed(openclip_file, lambda: _json_object(openclip_file))
+        oc = parsed(openclip_file, lambda: json_object(openclip_file))
         tensors = read_tensors(weights)
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-        cfg = _parsed(openclip_file, lambda: config_from_openclip(oc, shapes).replace(**(runtime or {})))
-        spec = spec or _parsed(openclip_file, lambda: spec_from_openclip(oc))
+        cfg = parsed(openclip_file, lambda: config_from_openclip(oc, shapes).replace(**(runtime or {})))
+        spec = spec or parsed(openclip_file, lambda: spec_from_openclip(oc))
         return Loaded(_build(OPENCLIP_KEYMAP.to_native(tensors, cfg), cfg, "openclip"), spec, source, "openclip")
     if "architecture" in meta:  # timm hub folder
         arch = arch or meta["architecture"]
         if spec is None and meta.get("pretrained_cfg"):
-            spec = _parsed(config_file, lambda: _spec_from_timm(meta["pretrained_cfg"], arch))
+            spec = parsed(config_file, lambda: _spec_from_timm(meta["pretrained_cfg"], arch))
         loaded = load_file(weights, arch, spec or fallback_spec, source, runtime)
         label_names = meta.get("label_names") or meta.get("pretrained_cfg", {}).get("label_names")
         if label_names and len(label_names) == loaded.net.config.num_classes:
@@ -133,14 +133,14 @@ def load_folder(folder: Path, arch: str | None = None, fallback_spec: Preprocess
     return load_file(weights, arch, spec or fallback_spec, source, runtime)
 
 
-def _json_object(path: Path) -> dict:
+def json_object(path: Path) -> dict:
     value = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, found {type(value).__name__}")
     return value
 
 
-def _parsed(source: Path, build):
+def parsed(source: Path, build):
     """`build()`, with any error in what it reads from `source` (a missing field, a wrong type, a value out of
     range, broken JSON) as one CheckpointError that names the file."""
     try:
@@ -180,8 +180,8 @@ def load_file(path: Path, arch: str | None = None, spec: PreprocessSpec | None =
     meta = _vitkit_metadata(path)
     tensors = read_tensors(path)
     if VITKIT_CONFIG in meta:  # written by vitkit: config and preprocessing travel inside (arch is only a name)
-        cfg = _parsed(path, lambda: ViTConfig.from_dict(json.loads(meta[VITKIT_CONFIG])).replace(**(runtime or {})))
-        spec = spec or _parsed(path, lambda: PreprocessSpec.from_dict(json.loads(meta[VITKIT_PREPROCESS])))
+        cfg = parsed(path, lambda: ViTConfig.from_dict(json.loads(meta[VITKIT_CONFIG])).replace(**(runtime or {})))
+        spec = spec or parsed(path, lambda: PreprocessSpec.from_dict(json.loads(meta[VITKIT_PREPROCESS])))
         return Loaded(_build(timm_keymap(cfg).to_native(tensors, cfg), cfg, "vitkit"), spec, source, "vitkit")
     if arch is None:
         raise CheckpointError(f"{path.name} carries no model config: pass --arch NAME (one of: "

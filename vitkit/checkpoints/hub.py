@@ -13,8 +13,12 @@ from pathlib import Path
 from vitkit.checkpoints.io import CheckpointError
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-METADATA = ["config.json", "preprocessor_config.json"]
-SAFETENSORS = ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+METADATA = ["config.json", "preprocessor_config.json", "open_clip_config.json",
+            # image-text models' tokenizers (see vitkit.data.tokenize)
+            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+            "spiece.model"]
+SAFETENSORS = ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
+               "open_clip_model.safetensors"]
 PICKLES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 
 
