@@ -11,11 +11,11 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitkit"
 FLOORS = {
-    0: {"config", "limits", "arguments", "labels", "output", "plotting", "version", "assets"},
+    0: {"config", "limits", "arguments", "labels", "output", "plotting", "version", "assets", "cache"},
     1: {"models"},
     2: {"data", "checkpoints"},
     3: {"onnx"},
-    4: {"api", "runtime"},
+    4: {"api", "image_text", "runtime"},
     5: {"batch", "embedding_files"},
     6: {"tasks", "train", "evaluate", "quantize", "explain", "index", "service"},
     7: {"cli", "__main__"},

@@ -123,7 +123,7 @@ def test_models_describes_the_model_and_index(model, index):
     (info,) = body["models"]
     assert info["id"] == model.source and info["num_classes"] == 10 and info["input_size"] == 32
     assert info["embedding_dim"] == 64 and info["pool"] == "cls" and info["labels_sample"][:3] == ["0", "1", "2"]
-    assert body["index"] == {"count": 6, "model": model.source, "pool": "cls", "dim": 64}
+    assert body["index"] == {"count": 6, "model": model.source, "pool": "cls", "dim": 64, "text_search": False}
 
 
 def test_a_pooling_the_model_cannot_give_is_refused_at_startup(model):

@@ -30,7 +30,7 @@ ImageInput = Image.Image | str | Path | bytes
 class Prediction:
     index: int
     label: str
-    score: float  # softmax probability
+    score: float  # softmax probability (zero-shot SigLIP: its sigmoid probability)
 
     def to_dict(self) -> dict:
         return {"index": self.index, "label": self.label, "score": self.score}
@@ -77,6 +77,12 @@ class Model:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.net.config.labels
+
+    @property
+    def job_settings(self) -> dict:
+        """What a batch job's rows depend on besides the model's source and input size (nothing, for a plain
+        model; a zero-shot classifier adds its label set)."""
+        return {}
 
     def preprocess(self, images: ImageInput | list[ImageInput]) -> torch.Tensor:
         """Images (PIL, paths or encoded bytes) -> (B, 3, H, W) float32 on the CPU."""

@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--top-k", type=A.TOP_K, default=5)
     classify.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
     classify.add_argument("--output", "-o", help="write here (atomically; a re-run resumes) instead of stdout")
+    _zero_shot_args(classify)
 
     embed = sub.add_parser("embed", help="embeddings of images into .npy, .safetensors or .parquet")
     _batch_args(embed)
@@ -136,6 +137,24 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the JSON report")
     evaluate.add_argument("--no-progress", action="store_true")
 
+    zero_shot = sub.add_parser("zero-shot", help="image-text models (CLIP, SigLIP): score labels given as words")
+    zero_shot_sub = zero_shot.add_subparsers(dest="target", required=True)
+    zs_eval = zero_shot_sub.add_parser("eval", help="zero-shot top-1/top-5 on a labelled folder (ImageNet layouts "
+                                       "too), beside the published zero-shot figure")
+    zs_eval.add_argument("data", metavar="DATA", help="class folders (their names are the labels), or an "
+                         "ImageNet layout (synset or index folders, a flat folder with a labels file)")
+    _model_args(zs_eval)
+    _runtime_args(zs_eval)
+    _zero_shot_args(zs_eval)
+    zs_eval.add_argument("--truth", metavar="FILE", help="ground truth for a flat folder (as `vitkit eval --labels`)")
+    zs_eval.add_argument("--layout", choices=LAYOUTS, default="auto", help="how DATA is laid out (default: detected)")
+    zs_eval.add_argument("--batch-size", type=A.BATCH, default=32)
+    zs_eval.add_argument("--workers", type=A.WORKERS, default=1)
+    zs_eval.add_argument("--out", help="folder for report.json, confusion.npy, confusion.png, predictions.jsonl")
+    zs_eval.add_argument("--json", action="store_true", help="print the JSON report")
+    zs_eval.add_argument("--no-progress", action="store_true")
+    zs_eval.set_defaults(handler=_cmd_zero_shot_eval)
+
     export = sub.add_parser("export", help="export to a runtime format: onnx")
     export_sub = export.add_subparsers(dest="target", required=True)
     onnx = export_sub.add_parser("onnx", help="ONNX graph with preprocessing and labels in its metadata, "
@@ -146,6 +165,15 @@ def _parser() -> argparse.ArgumentParser:
     onnx.add_argument("--opset", type=A.int_in(14, 23), default=17)
     onnx.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="fp16: for GPU runtimes")
     onnx.add_argument("--json", action="store_true", help="print the export report as JSON")
+
+    onnx_text = export_sub.add_parser("onnx-text", help="ONNX graph of an image-text model's text tower (CLIP, "
+                                      "SigLIP) with its tokenizer inside, verified against PyTorch")
+    onnx_text.add_argument("--model", "-m", required=True, help="an image-text checkpoint: registry name, hub id or "
+                           "folder")
+    onnx_text.add_argument("--out", required=True, help="the .onnx file (`vitkit.load_text` reads it back)")
+    onnx_text.add_argument("--opset", type=A.int_in(14, 23), default=17)
+    onnx_text.add_argument("--json", action="store_true", help="print the export report as JSON")
+    onnx_text.set_defaults(handler=_cmd_export_text)
 
     convert = sub.add_parser("convert", help="write a model in another format (labels and preprocessing kept)")
     convert.add_argument("source", metavar="SRC", help="anything --model accepts")
@@ -167,6 +195,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _zero_shot_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", help='zero-shot class names, comma-separated: "cat,dog,a red car" (an '
+                        "image-text model: CLIP, SigLIP)")
+    parser.add_argument("--labels-file", help="zero-shot class names, one per line")
+    parser.add_argument("--template", action="append", metavar="PROMPT",
+                        help='zero-shot prompt with {} for the label, e.g. "a photo of a {}." (repeat it for an '
+                             "ensemble; default: the CLIP paper's 80 ImageNet templates)")
+
+
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
     """Every command's --help says each option's default."""
     for action in parser._actions:
@@ -185,7 +222,7 @@ FEATURE_CLIS = ("vitkit.quantize.cli", "vitkit.explain.cli", "vitkit.index.cli",
 # optional packages -> the pyproject extra that installs them, for a clear error when one is missing
 EXTRAS = {"lancedb": "index", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve",
           "prometheus_client": "serve", "onnx": "onnx", "onnxruntime": "onnx", "pyarrow": "parquet",
-          "matplotlib": "train"}
+          "matplotlib": "train", "tokenizers": "text"}
 
 
 def _int_list(text: str) -> list[int]:
@@ -259,11 +296,25 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _zero_shot(args, model, labels=None):
+    """`model` as a zero-shot classifier of the --labels / --labels-file (or `labels`), else `model` itself."""
+    from vitkit.image_text import ZeroShotClassifier, labels_from, load_text
+
+    labels = labels_from(args.labels, args.labels_file) or labels
+    if labels is None:
+        if args.template:
+            raise ValueError("--template needs --labels or --labels-file")
+        return model
+    if args.model is None:
+        raise ValueError("zero-shot needs an image-text checkpoint (--model): random weights have no text tower")
+    return ZeroShotClassifier(model, load_text(args.model, model.device), labels, args.template)
+
+
 def _cmd_classify(args) -> int:
     from vitkit.output import write_rows
     from vitkit.tasks.classify import classify_paths, classify_to_file
 
-    model = _load_for_batch(args)
+    model = _zero_shot(args, _load_for_batch(args))
     if args.output:  # a resumable job, merged into the file at the end
         stats = classify_to_file(model, _inputs(args), args.output, args.top_k, args.format, args.chunk_size,
                                  _loader(args), args.arch)
@@ -335,6 +386,25 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_zero_shot_eval(args) -> int:
+    from vitkit.api import load
+    from vitkit.evaluate import report
+    from vitkit.evaluate.zero_shot import class_names, evaluate_zero_shot
+
+    model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
+                 dtype=args.dtype)
+    given = args.labels is not None or args.labels_file is not None
+    labels, imagenet = (None, False) if given else class_names(args.data, args.truth)
+    classifier = _zero_shot(args, model, labels)
+    evaluation = evaluate_zero_shot(classifier, args.data, args.truth, args.layout, args.batch_size, args.workers,
+                                    not args.no_progress, args.model, imagenet)
+    print(json.dumps(report.to_dict(evaluation, model.source)) if args.json else report.summary(evaluation))
+    if args.out:
+        written = report.write(evaluation, model.source, args.out)
+        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
 def _cmd_convert(args) -> int:
     from vitkit.api import load
 
@@ -351,6 +421,16 @@ def _cmd_export(args) -> int:
     model = load(args.model, args.arch, device="cpu")
     report = export_onnx(model, args.out, image_size=args.image_size, dynamic_batch=args.dynamic_batch,
                          opset=args.opset, dtype=args.dtype)
+    print(json.dumps(report.to_dict()) if args.json else f"wrote {report.summary()}")
+    return 0
+
+
+def _cmd_export_text(args) -> int:
+    from vitkit.image_text import load_text
+    from vitkit.onnx.text import export_text_onnx
+
+    text = load_text(args.model, "cpu")
+    report = export_text_onnx(text.net, text.tokenizer, args.out, source=text.source, opset=args.opset)
     print(json.dumps(report.to_dict()) if args.json else f"wrote {report.summary()}")
     return 0
 

@@ -8,13 +8,17 @@ Try it:  vitkit convert ../shared/weights/deit-tiny-patch16-224/model.safetensor
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from vitkit.checkpoints.convert import VITKIT_CONFIG, VITKIT_PREPROCESS
 from vitkit.checkpoints.hf_config import config_from_hf, config_to_hf, hf_architecture, hf_model_type, spec_to_hf
 from vitkit.checkpoints.io import CheckpointError, write_atomic_text, write_tensors
 from vitkit.checkpoints.layouts import JAX_KEYMAP, hf_keymap, timm_keymap
+from vitkit.checkpoints.text_config import text_config_to_hf
+from vitkit.checkpoints.text_layouts import hf_text_keymap
 from vitkit.config import RUNTIME_FIELDS, PreprocessSpec, ViTConfig
+from vitkit.models.text import TextTransformer
 from vitkit.models.vit import VisionTransformer
 
 FORMATS = ("hf", "timm", "safetensors", "jax")
@@ -45,6 +49,40 @@ def save_hf(net: VisionTransformer, spec: PreprocessSpec, folder: str | Path) ->
     hf[VITKIT_PREPROCESS] = spec.to_dict()  # exact spec for vitkit; transformers ignores unknown keys
     write_atomic_text(_json(hf), folder / "config.json")
     write_atomic_text(_json(spec_to_hf(spec, hf_model_type(cfg))), folder / "preprocessor_config.json")
+    return folder
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "spiece.model")
+
+
+def save_image_text_hf(vision: VisionTransformer, text: TextTransformer, spec: PreprocessSpec, folder: str | Path,
+                       tokenizer_folder: str | Path | None = None) -> Path:
+    """An image-text pair as the folder transformers' CLIPModel / SiglipModel load (from_pretrained), with the
+    tokenizer files of `tokenizer_folder` copied beside it. Raises LayoutCannotHold before writing anything."""
+    vcfg, tcfg, folder = vision.config, text.config, Path(folder)
+    try:
+        if vcfg.family != tcfg.family:
+            raise ValueError(f"a {vcfg.family} image tower with a {tcfg.family} text tower")
+        if vcfg.embed_dim != tcfg.embed_dim:
+            raise ValueError(f"image embeddings are {vcfg.embed_dim}-d, text embeddings {tcfg.embed_dim}-d")
+        tensors = {**hf_keymap(vcfg, "vision_model.").to_foreign(vision.state_dict(), vcfg),
+                   **hf_text_keymap(tcfg).to_foreign(text.state_dict(), tcfg)}
+        vision_hf = {k: v for k, v in config_to_hf(vcfg).items() if k not in ("architectures", "id2label", "label2id")}
+        hf = dict(model_type=tcfg.family, architectures=["CLIPModel" if tcfg.family == "clip" else "SiglipModel"],
+                  vision_config=vision_hf, text_config=text_config_to_hf(tcfg), torch_dtype="float32")
+        if tcfg.family == "clip":
+            hf["projection_dim"] = tcfg.proj_dim
+    except (ValueError, CheckpointError) as err:
+        raise LayoutCannotHold(str(err)) from None
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    hf[VITKIT_PREPROCESS] = spec.to_dict()
+    write_atomic_text(_json(hf), folder / "config.json")
+    write_atomic_text(_json(spec_to_hf(spec, hf_model_type(vcfg))), folder / "preprocessor_config.json")
+    for name in TOKENIZER_FILES if tokenizer_folder else ():
+        if (Path(tokenizer_folder) / name).is_file():
+            shutil.copyfile(Path(tokenizer_folder) / name, folder / name)
     return folder
 
 

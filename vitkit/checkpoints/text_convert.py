@@ -16,7 +16,7 @@ import torch
 from vitkit.checkpoints import hub
 from vitkit.checkpoints.convert import json_object, load_strict, parsed, weights_in
 from vitkit.checkpoints.io import CheckpointError, read_tensors
-from vitkit.checkpoints.text_config import IMAGE_TEXT_TYPES, text_config_from_hf, text_config_from_openclip
+from vitkit.checkpoints.text_config import text_config_from_hf, text_config_from_openclip
 from vitkit.checkpoints.text_layouts import detect_text_layout, text_keymap
 from vitkit.config import TextConfig
 from vitkit.models.registry import MODELS

@@ -38,9 +38,12 @@ def add_commands(sub, model_args, runtime_args) -> None:
     add.add_argument("--json", action="store_true", help="print the report as JSON")
     add.set_defaults(handler=_cmd_add)
 
-    search = commands.add_parser("search", help="the most similar indexed images to each query image")
+    search = commands.add_parser("search", help="the most similar indexed images to each query image, or to "
+                                 "each --text query (an index built with CLIP or SigLIP)")
     search.add_argument("db", metavar="DB")
-    search.add_argument("queries", nargs="+", metavar="QUERY", help="image files, folders, globs")
+    search.add_argument("queries", nargs="*", metavar="QUERY", help="image files, folders, globs")
+    search.add_argument("--text", action="append", metavar="TEXT", help='a text query, e.g. "a dog on a beach" '
+                        "(repeat it for several)")
     _model_options(search, model_args, runtime_args)
     search.add_argument("--k", type=A.int_in(1, 10_000), default=10, help="results per query")
     search.add_argument("--exact", action="store_true", help="exact search even when an ANN index exists")
@@ -117,6 +120,7 @@ def _open(db):
 
 
 def _cmd_add(args) -> int:
+    from vitkit.image_text import text_tower_of
     from vitkit.index.image_index import ImageIndex
 
     try:
@@ -125,7 +129,7 @@ def _cmd_add(args) -> int:
         index = None
     model = _load(args, index.meta if index else None)
     if index is None:
-        index = ImageIndex.create(args.db, model, args.pool, args.arch)
+        index = ImageIndex.create(args.db, model, args.pool, args.arch, text_tower_of(model, args.pool))
     threshold = {} if args.ann_threshold is None else {"ann_threshold": args.ann_threshold}
     report = index.add(args.paths, model, pool=args.pool, class_folders=args.class_folders, prune=args.prune,
                        batch_size=args.batch_size, workers=args.workers, chunk_size=args.chunk_size,
@@ -143,9 +147,22 @@ def _cmd_add(args) -> int:
 
 def _cmd_search(args) -> int:
     from vitkit.data.sources import expand_inputs
+    from vitkit.image_text import load_text
     from vitkit.index.embedding import embed_files
 
     index = _open(args.db)
+    if args.text:
+        if args.queries:
+            raise ValueError("give query images or --text queries, not both")
+        if index.meta.text is None:
+            index.check_text(None)  # says why this index cannot be searched by text
+        text = load_text(args.model or index.meta.model, args.device)
+        for query, hits in zip(args.text, index.search_text(text, args.text, args.k, args.exact)):
+            _write_query(query, [{"id": h.id, "path": h.path, "score": h.score, "label": h.label} for h in hits],
+                         None, args.format)
+        return 0
+    if not args.queries:
+        raise ValueError("give query images (files, folders, globs) or --text queries")
     model = _load(args, index.meta)
     index.check_model(model)
     paths = expand_inputs(args.queries)

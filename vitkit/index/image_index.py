@@ -6,11 +6,16 @@
     idx = ImageIndex.create("digits.db", model)                 # records model, pool, preprocessing, dim
     idx.add(["digits/"], model, class_folders=True)             # incremental; identical files stored once
     hits = idx.search_images(model, ["query.png"], k=5)[0]      # [Hit(id, path, score, label), ...]
+    clip = vitkit.load("openai/clip-vit-base-patch32"); text = vitkit.load_text("openai/clip-vit-base-patch32")
+    photos = ImageIndex.create("photos.db", clip, text=text)     # records the text tower too
+    photos.search_text(text, ["a dog on a beach"], k=5)         # by a sentence
     idx.get(hits[0].id)                                         # the stored row: path, hash, size, mtime, label
 
 An index accepts vectors from one model only: the model's identity is its pooling, dimension, preprocessing
 and a probe (its vector for a fixed synthetic image, equal up to 0.99 cosine across backends and dtypes);
-`check_model` refuses anything else with `IndexMismatch`.
+`check_model` refuses anything else with `IndexMismatch`. Text queries are accepted from the text tower recorded
+at creation only (`check_text`: same weights and tokenizer), and only where the vectors are the projected
+image-text embeddings.
 
 Try it:  python -m pytest tests/test_index.py -q
 """
@@ -25,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vitkit.api import ImageInput, Model
+from vitkit.image_text import TextEncoder
 from vitkit.index.dups import DupPair, near_duplicates
 from vitkit.index.embedding import check_pool
 from vitkit.index.ingest import AddReport, add_images, remove_paths
@@ -62,12 +68,17 @@ class ImageIndex:
 
     @classmethod
     def create(cls, db_path: str | Path, model: Model, pool: str | None = None,
-               arch: str | None = None) -> ImageIndex:
+               arch: str | None = None, text: TextEncoder | None = None) -> ImageIndex:
         """A new index in the folder `db_path` for `model` with `pool` (default: the model's own pooling);
-        `arch` is recorded so that the model can be reloaded from a weights file without config."""
+        `arch` is recorded so that the model can be reloaded from a weights file without config; `text`, the
+        image-text model's text tower, makes the index searchable by text (with the projected embedding)."""
         pool = check_pool(pool or model.default_pool)
         probe = probe_vector(model, pool)
-        meta = IndexMeta(model.source_id, arch, pool, len(probe), stored_spec(model), tuple(float(v) for v in probe))
+        if text is not None and (pool != "prelogits" or text.dim != len(probe)):
+            raise IndexMismatch(f"text search needs the image-text embedding (pool prelogits, {text.dim}-d), not "
+                                f"pool {pool} ({len(probe)}-d)")
+        meta = IndexMeta(model.source_id, arch, pool, len(probe), stored_spec(model), tuple(float(v) for v in probe),
+                         text=text.fingerprint if text is not None else None)
         return cls(Store.create(db_path, meta))
 
     @classmethod
@@ -82,7 +93,7 @@ class ImageIndex:
     def info(self) -> dict:
         m, ann = self.meta, self.store.vector_index()
         return {"path": str(self.store.path), "count": self.store.count(), "model": m.model, "arch": m.arch,
-                "pool": m.pool, "dim": m.dim, "preprocess": m.preprocess,
+                "pool": m.pool, "dim": m.dim, "preprocess": m.preprocess, "text_search": m.text is not None,
                 "ann": None if ann is None else {"type": ann.index_type, "indexed_rows": ann.num_indexed_rows,
                                                  "unindexed_rows": ann.num_unindexed_rows}}
 
@@ -107,6 +118,17 @@ class ImageIndex:
                                 f"model {model.source_id} gives incomparable vectors: {'; '.join(reasons)}. "
                                 "Use the index's model, or another index folder")
 
+    def check_text(self, text: TextEncoder) -> None:
+        """Raise IndexMismatch unless `text` is the text tower recorded when this index was created."""
+        m = self.meta
+        if m.text is None:
+            raise IndexMismatch(f"{self.store.path} was built without a text tower (model {m.model}, pool {m.pool}): "
+                                "text search needs an index created with an image-text model (CLIP, SigLIP) and "
+                                "its projected embedding (pool prelogits)")
+        if text.fingerprint != m.text:
+            raise IndexMismatch(f"{self.store.path} takes text queries from the text tower of {m.model} only; "
+                                f"the one of {text.source} has other weights or another tokenizer")
+
     def add(self, paths: list[str], model: Model, pool: str | None = None, **options) -> AddReport:
         """Index the images of `paths` (files, folders, globs) with the index's model (and pool): see
         `vitkit.index.ingest.add_images` for the options."""
@@ -128,6 +150,11 @@ class ImageIndex:
                       exact: bool = False) -> list[list[Hit]]:
         """Embed `images` (paths, bytes or PIL images) with the index's pooling, then `search_vectors`."""
         return self.search_vectors(model.embed(images, pool=self.meta.pool).numpy(), k, exact)
+
+    def search_text(self, text: TextEncoder, queries: list[str], k: int = 10, exact: bool = False) -> list[list[Hit]]:
+        """Per text query the k indexed images closest to it in the image-text space, best first."""
+        self.check_text(text)
+        return self.search_vectors(text.embed(queries).numpy(), k, exact)
 
     def get(self, hit_id: str) -> dict | None:
         """The stored row of a content id: path (its first file), hash, size, mtime, label and every file.

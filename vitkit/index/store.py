@@ -7,7 +7,8 @@ A row:
   files   list<struct<path, mtime, label>>   every file with this content (absolute paths, sorted);
                                       files[0] is the path a search hit names
 Identical files therefore share one vector. The table schema's metadata ("vitkit") records how the vectors
-were made (`IndexMeta`): model, pooling, preprocessing, dimension and a probe embedding.
+were made (`IndexMeta`): model, pooling, preprocessing, dimension, a probe embedding and, for an image-text model,
+the fingerprint of the text tower (weights and tokenizer) whose text queries live in the same space.
 
 Every change is one `commit`: a single LanceDB merge_insert that inserts, updates and deletes rows together,
 so a writer killed at any moment leaves the table at its previous commit (LanceDB versions are atomic).
@@ -53,6 +54,7 @@ class IndexMeta:
     preprocess: dict  # PreprocessSpec.to_dict()
     probe: tuple[float, ...]  # the model's vector for a fixed synthetic image (see image_index.probe_vector)
     format: int = FORMAT
+    text: str | None = None  # image-text models: the fingerprint of the text tower whose queries are comparable
 
 
 @dataclass(frozen=True)

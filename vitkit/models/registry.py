@@ -144,6 +144,12 @@ def _timm_result(tag: str, top1: float, top5: float, crop_pct: float = 0.9, size
                      PreprocessSpec(input_size=size, crop_pct=crop_pct, interpolation="bicubic"))
 
 
+def _zero_shot(top1: float, source: str, spec: PreprocessSpec) -> Published:
+    """A published zero-shot ImageNet-1k top-1 (its authors' class names and prompt ensemble; vitkit uses its
+    own short class names and CLIP's 80 templates, so expect a few points less)."""
+    return Published(top1, None, source + " (not verifiable offline)", spec)
+
+
 @dataclass(frozen=True)
 class NamedModel:
     hub_id: str
@@ -154,6 +160,7 @@ class NamedModel:
     note: str = ""
     preprocess: PreprocessSpec | None = None  # overrides the arch's when the publisher's processor differs
     published: Published | None = None  # ImageNet-1k val accuracy, where the checkpoint classifies ImageNet-1k
+    zero_shot: Published | None = None  # image-text models: zero-shot ImageNet-1k val accuracy (class names + prompts)
 
 
 MODELS: dict[str, NamedModel] = {m.hub_id: m for m in (
@@ -207,15 +214,20 @@ MODELS: dict[str, NamedModel] = {m.hub_id: m for m in (
                  "imagenet-1k", "mit", "EVA-02 fine-tuned on ImageNet-1k at 336 px (published top-1 not recorded: "
                  "not verifiable offline)") for size in ("tiny", "small")),
     NamedModel("google/siglip-base-patch16-224", "hf", "vit_base_patch16_siglip_224", "none", "apache-2.0",
-               "SigLIP image tower: attention-pooled embedding (zero-shot needs the text tower)", SIGLIP),
+               "SigLIP: attention-pooled image embedding; text tower for zero-shot and text search", SIGLIP,
+               zero_shot=_zero_shot(76.2, "SigLIP paper (arXiv 2303.15343), B/16 at 224 px", SIGLIP)),
     NamedModel("google/siglip2-base-patch16-224", "hf", "vit_base_patch16_siglip_224", "none", "apache-2.0",
-               "SigLIP 2, fixed resolution: image tower", SIGLIP),
+               "SigLIP 2, fixed resolution; Gemma tokenizer", SIGLIP,
+               zero_shot=_zero_shot(78.2, "SigLIP 2 paper (arXiv 2502.14786) Table 1, B/16 at 224 px", SIGLIP)),
     NamedModel("openai/clip-vit-base-patch32", "hf", "vit_base_patch32_clip_quickgelu_224", "none", "mit",
-               "CLIP image tower: projected embedding in the image-text space", CLIP),
+               "CLIP: projected image embedding; text tower for zero-shot and text search", CLIP,
+               zero_shot=_zero_shot(63.2, "CLIP model card / paper (arXiv 2103.00020), ViT-B/32", CLIP)),
     NamedModel("openai/clip-vit-base-patch16", "hf", "vit_base_patch16_clip_quickgelu_224", "none", "mit",
-               "CLIP image tower: projected embedding in the image-text space", CLIP),
+               "CLIP: projected image embedding; text tower for zero-shot and text search", CLIP,
+               zero_shot=_zero_shot(68.6, "CLIP model card / paper (arXiv 2103.00020), ViT-B/16", CLIP)),
     NamedModel("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "hf", "vit_base_patch32_clip_224", "none", "mit",
-               "OpenCLIP LAION-2B ViT-B/32 (GELU), transformers' files", CLIP),
+               "OpenCLIP LAION-2B ViT-B/32 (GELU), transformers' files", CLIP,
+               zero_shot=_zero_shot(66.6, "the model card (LAION, OpenCLIP)", CLIP)),
 )}
 
 

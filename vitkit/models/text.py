@@ -13,6 +13,8 @@ TextTransformer; print(TextTransformer(TextConfig(depth=2))(torch.randint(0, 494
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
@@ -44,6 +46,14 @@ class TextTransformer(nn.Module):
                     nn.init.zeros_(module.bias)
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
+
+    def weights_digest(self) -> str:
+        """A digest of every weight (names, shapes, values): what text vectors depend on besides the tokenizer."""
+        digest = hashlib.blake2b(digest_size=12)
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(f"{name}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def set_fused_attention(self, fused: bool) -> None:
         for block in self.blocks:

@@ -102,11 +102,19 @@ def export_graph(graph: nn.Module, image_size: int, channels: int, names: list[s
                  opset: int, custom_opsets: dict[str, int] | None = None) -> bytes:
     """`graph` (pixels (1, channels, S, S) -> outputs `names`) through torch.onnx.export, serialized."""
     example = torch.zeros(1, channels, image_size, image_size)
-    axes = {name: {0: "batch"} for name in [INPUT] + names} if dynamic_batch else None
+    return export_module(graph, example, INPUT, names, dynamic_batch=dynamic_batch, opset=opset,
+                         custom_opsets=custom_opsets)
+
+
+def export_module(graph: nn.Module, example: torch.Tensor, input_name: str, names: list[str], *,
+                  dynamic_batch: bool, opset: int, custom_opsets: dict[str, int] | None = None) -> bytes:
+    """The one torch.onnx.export call: `graph` (one input, traced on `example`) -> outputs `names`, serialized
+    (the image graphs above, and the text tower's in vitkit.onnx.text)."""
+    axes = {name: {0: "batch"} for name in [input_name] + names} if dynamic_batch else None
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript exporter deprecation, tracer and custom-domain notices
-        torch.onnx.export(graph, (example,), buffer, dynamo=False, input_names=[INPUT], output_names=names,
+        torch.onnx.export(graph, (example,), buffer, dynamo=False, input_names=[input_name], output_names=names,
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
                           custom_opsets=custom_opsets or {})
     return buffer.getvalue()

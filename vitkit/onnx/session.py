@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitkit.onnx.format import INPUT
 
 
 def providers(device: torch.device) -> list[str]:
@@ -34,16 +33,18 @@ class Session:
         self.device = torch.device(device)
         self.session = ort.InferenceSession(where, options, providers=providers(self.device))
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.input = self.session.get_inputs()[0].name  # `pixels`, or a text tower's `input_ids`
         self.dynamic_batch = not isinstance(self.session.get_inputs()[0].shape[0], int)  # a symbolic batch axis
 
     def run(self, pixels: np.ndarray | torch.Tensor, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """float32 pixels (B, 3, S, S) -> {output name: array} (default: every output)."""
-        x = pixels.detach().float().cpu().numpy() if isinstance(pixels, torch.Tensor) else pixels
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        """float32 pixels (B, 3, S, S), or int64 token ids (B, L) for a text tower -> {output name: array}
+        (default: every output)."""
+        x = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else pixels
+        x = np.ascontiguousarray(x, dtype=np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32)
         names = names or self.outputs
         if self.dynamic_batch or len(x) == 1:
-            return dict(zip(names, self.session.run(names, {INPUT: x})))
-        per = [self.session.run(names, {INPUT: x[i:i + 1]}) for i in range(len(x))]  # batch-1 graph
+            return dict(zip(names, self.session.run(names, {self.input: x})))
+        per = [self.session.run(names, {self.input: x[i:i + 1]}) for i in range(len(x))]  # batch-1 graph
         return dict(zip(names, (np.concatenate(parts) for parts in zip(*per))))
 
     __call__ = run

@@ -37,17 +37,21 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
 
 
 def create_app(engine: Engine, index=None, api_key: str | None = None, *, pool: str | None = None,
-               limits: Limits | None = None, cors_origins: tuple[str, ...] = ()) -> FastAPI:
+               limits: Limits | None = None, cors_origins: tuple[str, ...] = (), text=None) -> FastAPI:
     """index: a vitkit.index.ImageIndex made with this model (checked: IndexMismatch otherwise), for
-    /v1/search. pool: pooling of /v1/embed (default: the index's, else the model's own)."""
+    /v1/search. pool: pooling of /v1/embed (default: the index's, else the model's own). text: the model's
+    vitkit.image_text.TextEncoder, for /v1/embeddings and text queries of /v1/search (checked against the
+    index's text tower when the index records one)."""
     limits = limits or Limits()
     index_pool = None
     if index is not None:
         index.check_model(engine.model)
         index_pool = index.info["pool"]
+        if text is not None and index.meta.text is not None:
+            index.check_text(text)
     pool = pool or index_pool or engine.model.default_pool
     _check_pooling(engine.model, pool)
-    service = Service(engine, index, api_key, pool, index_pool, limits)
+    service = Service(engine, index, api_key, pool, index_pool, limits, text)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -24,6 +24,8 @@ def add_commands(sub, model_args, runtime_args) -> None:
     serve.add_argument("--index", metavar="DB", help="an image index made with this model, for /v1/search")
     serve.add_argument("--pool", choices=VECTOR_POOLS,
                        help="pooling of /v1/embed (default: the index's, else the model's own)")
+    serve.add_argument("--text", action=argparse.BooleanOptionalAction, default=True,
+                       help="load an image-text model's text tower: /v1/embeddings, text search, zero-shot")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=A.PORT, default=8000)
     serve.add_argument("--max-batch", type=A.BATCH, default=32, help="most requests run as one model batch")
@@ -51,6 +53,7 @@ def add_commands(sub, model_args, runtime_args) -> None:
 
 def _cmd_serve(args) -> int:
     from vitkit.api import load
+    from vitkit.image_text import text_tower_of
     from vitkit.service import connections
     from vitkit.service.app import create_app
     from vitkit.service.engine import Engine
@@ -59,11 +62,12 @@ def _cmd_serve(args) -> int:
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
                  dtype=args.dtype)
     index = _open_index(args.index) if args.index else None
+    text = text_tower_of(model, index.meta.pool if index else args.pool) if args.text else None
     engine = Engine(model, args.max_batch, args.max_wait_ms, args.queue_size, args.threads, args.max_pixels,
                     args.fast_decode)
     limits = Limits(int(args.max_upload_mb * 2**20), args.timeout, args.decode_concurrency)
     app = create_app(engine, index, args.api_key, pool=args.pool, limits=limits,
-                     cors_origins=tuple(args.cors_origin))
+                     cors_origins=tuple(args.cors_origin), text=text)
     if args.host not in LOOPBACK and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)

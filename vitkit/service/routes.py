@@ -1,4 +1,5 @@
-"""The HTTP routes: /v1 (classify, embed, search, models, thumbnails; behind the optional API key),
+"""The HTTP routes: /v1 (classify, embed, search by image or text, embeddings of texts in OpenAI's format, models,
+thumbnails; behind the optional API key),
 /healthz, /readyz and /metrics. Each route decodes its upload in a thread pool (at most
 `Limits.decode_concurrency` at once), hands the pixels to the shared `Engine` and awaits the result for at
 most `Limits.timeout_s`; each failure it knows has its own status (see errors.py).
@@ -9,6 +10,8 @@ Try it:  curl -F file=@cat.jpg "localhost:8000/v1/classify?top_k=3"
 from __future__ import annotations
 
 import asyncio
+import base64
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -25,12 +28,16 @@ from vitkit.service.errors import (
     PayloadTooLarge,
     ResultTimeout,
     Unprocessable,
+    UnsupportedMediaType,
     documented,
 )
 from vitkit.service.schemas import (
     MAX_K,
     MAX_TOP_K,
     ClassifyResponse,
+    Embedding,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
     EmbedResponse,
     IndexInfo,
     Label,
@@ -39,9 +46,10 @@ from vitkit.service.schemas import (
     SearchHit,
     SearchResponse,
     Status,
+    Usage,
 )
 from vitkit.service.thumbnails import thumbnail_jpeg
-from vitkit.service.uploads import IMAGE_BODY, read_image
+from vitkit.service.uploads import IMAGE_BODY, SEARCH_BODY, parse_json, read_image, read_search
 
 LABELS_SAMPLE = 10
 
@@ -63,7 +71,13 @@ class Service:
     pool: str  # pooling of /v1/embed
     index_pool: str | None  # pooling the index's vectors were made with: /v1/search's
     limits: Limits
+    text: object | None = None  # vitkit.image_text.TextEncoder of an image-text model: text search and embeddings
     decode_slots: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)  # made again at each startup
+    text_lock: threading.Lock = field(default_factory=threading.Lock)  # one text batch at a time
+
+    @property
+    def text_search(self) -> bool:
+        return self.text is not None and self.index is not None and self.index.meta.text == self.text.fingerprint
 
     @property
     def model_id(self) -> str:
@@ -74,11 +88,12 @@ class Service:
         info = ModelInfo(id=self.model_id, family=model.config.family, input_size=model.spec.input_size,
                          num_classes=model.config.num_classes, embedding_dim=model.embedding_shape(self.pool)[0],
                          pool=self.pool, preprocess=model.spec.to_dict(),
-                         labels_sample=list(model.labels[:LABELS_SAMPLE]))
+                         labels_sample=list(model.labels[:LABELS_SAMPLE]), text=self.text is not None)
         index = None
         if self.index is not None:
             found = self.index.info  # one read of the index's state
-            index = IndexInfo(**{key: found[key] for key in ("count", "model", "pool", "dim")})
+            index = IndexInfo(**{key: found[key] for key in ("count", "model", "pool", "dim")},
+                              text_search=self.text_search)
         return ModelsResponse(models=[info], index=index)
 
 
@@ -87,7 +102,10 @@ def _service(request: Request) -> Service:
 
 
 async def _pixels(request: Request, service: Service) -> torch.Tensor:
-    data = await read_image(request)
+    return await _image_pixels(await read_image(request), service)
+
+
+async def _image_pixels(data: bytes, service: Service) -> torch.Tensor:
     async with service.decode_slots:
         try:
             return await run_in_threadpool(service.engine.prepare, data)
@@ -112,6 +130,26 @@ async def _infer(service: Service, kind: str, pixels: torch.Tensor, option: int 
         raise ModelError(str(err)) from err
     except EngineStopped as err:  # the worker died while this request waited
         raise Busy(f"{err}: retry shortly") from None
+
+
+async def _embed_texts(service: Service, texts: list[str]) -> tuple[torch.Tensor, int]:
+    """(N, P) normalised text embeddings and the number of tokens read (up to each text's end token)."""
+    if service.text is None:
+        raise NotFound(f"{service.model_id} has no text tower here: serve an image-text model (CLIP, SigLIP) "
+                       "with its tokenizer")
+    text = service.text
+
+    def run():
+        with service.text_lock:
+            ids = text.tokenizer(texts)  # (N, context_length)
+            ends = (ids == text.tokenizer.eos_id).int().argmax(dim=-1) + 1  # tokens up to the first end token
+            return text.embed(texts), int(ends.sum())
+
+    try:
+        async with asyncio.timeout(service.limits.timeout_s):
+            return await run_in_threadpool(run)
+    except TimeoutError:
+        raise ResultTimeout(f"the text tower did not answer within {service.limits.timeout_s:g} s") from None
 
 
 def _index(service: Service):
@@ -143,11 +181,18 @@ async def embed(request: Request) -> EmbedResponse:
 
 
 @api.post("/search", response_model=SearchResponse, responses=IMAGE_ERRORS | documented(404),
-          openapi_extra=IMAGE_BODY, summary="The indexed images most similar to one image")
+          openapi_extra=SEARCH_BODY, summary="The indexed images most similar to one image, or to a text")
 async def search(request: Request, k: int = Query(10, ge=1, le=MAX_K)) -> SearchResponse:
     service = _service(request)
     index = _index(service)
-    vector = await _infer(service, "embed", await _pixels(request, service), service.index_pool)
+    query = await read_search(request)
+    if isinstance(query, str):
+        if not service.text_search:
+            raise NotFound("this index cannot be searched by text: it needs an image-text model (CLIP, SigLIP) "
+                           "indexed with its projected embedding, served with the same model")
+        vector = (await _embed_texts(service, [query]))[0][0].numpy()  # (D,)
+    else:
+        vector = await _infer(service, "embed", await _image_pixels(query, service), service.index_pool)
 
     def look_up():
         return index.search_vectors(vector[None], k)[0], index.info["count"]  # vector (D,) -> queries (1, D)
@@ -156,6 +201,25 @@ async def search(request: Request, k: int = Query(10, ge=1, le=MAX_K)) -> Search
     return SearchResponse(model=service.model_id, indexed=count, hits=[
         SearchHit(id=h.id, path=h.path, label=h.label, score=h.score, thumbnail=f"/v1/thumbnail/{h.id}")
         for h in hits])
+
+
+@api.post("/embeddings", response_model=EmbeddingsResponse, responses=documented(400, 401, 404, 408, 413, 415, 422, 504),
+          summary="Embeddings of texts, in OpenAI's format (an image-text model's text tower)",
+          openapi_extra={"requestBody": {"required": True, "content": {
+              "application/json": {"schema": EmbeddingsRequest.model_json_schema()}}}})
+async def embeddings(request: Request) -> EmbeddingsResponse:
+    service = _service(request)
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType(f"send application/json ({{\"input\": [TEXT, ...]}}), not {media or 'no type'}")
+    body = parse_json(EmbeddingsRequest, await request.body())
+    vectors, tokens = await _embed_texts(service, body.texts)
+    if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+        raise Unprocessable(f"dimensions {body.dimensions}: this model's embeddings have {vectors.shape[1]}")
+    as_base64 = body.encoding_format == "base64"
+    data = [Embedding(index=i, embedding=base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() if as_base64
+                      else v.tolist()) for i, v in enumerate(vectors)]
+    return EmbeddingsResponse(data=data, model=service.model_id, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
 
 
 @api.get("/models", response_model=ModelsResponse, responses=documented(401), summary="The served model")

@@ -9,10 +9,15 @@ from __future__ import annotations
 import base64
 import binascii
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from vitkit.limits import MAX_TEXT_CHARS
 
 MAX_TOP_K = 100
 MAX_K = 100
+MAX_INPUTS = 2048  # texts in one /v1/embeddings request (OpenAI's limit too)
 
 
 class ImageRequest(BaseModel):
@@ -31,10 +36,70 @@ class ImageRequest(BaseModel):
             raise ValueError(f"field 'image' is not valid base64: {err}") from err
 
 
+class SearchRequest(BaseModel):
+    """The JSON form of a search: an image (base64, as ImageRequest) or a text query (an index built with an
+    image-text model: CLIP, SigLIP)."""
+
+    image: str | None = Field(default=None, description="the image file's bytes in base64 (or a data URL)",
+                              json_schema_extra={"contentEncoding": "base64"})
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS,
+                             description="a text query, e.g. 'a dog on a beach'", examples=["a dog on a beach"])
+
+    @model_validator(mode="after")
+    def _one_query(self):
+        if (self.image is None) == (self.text is None):
+            raise ValueError("give exactly one of 'image' and 'text'")
+        return self
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request: texts in, vectors out (the text tower of an image-text model)."""
+
+    input: str | list[str] = Field(description="one text or a list of texts", examples=["a dog on a beach"])
+    model: str | None = Field(default=None, description="ignored beyond a check: this server serves one model")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="float: lists of numbers; base64: little-endian float32 bytes, as OpenAI's")
+    dimensions: int | None = Field(default=None, ge=1, description="must equal the model's dimension if given")
+    user: str | None = Field(default=None, max_length=256, description="accepted and ignored")
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts:
+            raise ValueError("'input' holds no text")
+        if len(texts) > MAX_INPUTS:
+            raise ValueError(f"'input' holds {len(texts)} texts, more than {MAX_INPUTS}")
+        if any(len(t) > MAX_TEXT_CHARS for t in texts):
+            raise ValueError(f"a text of 'input' is longer than {MAX_TEXT_CHARS} characters")
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="L2-normalised; a base64 string with encoding_format base64")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
 class Label(BaseModel):
     index: int = Field(description="class index in the model's head")
     label: str
-    score: float = Field(ge=0.0, le=1.0, description="softmax probability")
+    score: float = Field(ge=0.0, le=1.0, description="softmax probability (zero-shot SigLIP: sigmoid)")
 
 
 class ClassifyResponse(BaseModel):
@@ -72,6 +137,7 @@ class ModelInfo(BaseModel):
     pool: str = Field(description="pooling of /v1/embed")
     preprocess: dict
     labels_sample: list[str] = Field(description="the first few class names")
+    text: bool = Field(default=False, description="a text tower is loaded: /v1/embeddings takes texts")
 
 
 class IndexInfo(BaseModel):
@@ -79,6 +145,7 @@ class IndexInfo(BaseModel):
     model: str
     pool: str
     dim: int
+    text_search: bool = Field(default=False, description="/v1/search takes text queries")
 
 
 class ModelsResponse(BaseModel):

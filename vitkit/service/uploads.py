@@ -1,4 +1,5 @@
-"""The image bytes of a POST: multipart/form-data with the file in field `file`, or JSON {"image": base64}.
+"""The image bytes of a POST: multipart/form-data with the file in field `file`, or JSON {"image": base64}
+(a search may send JSON {"text": "..."} instead).
 Anything else is refused with the status that says why: 415 (another content type), 400 (a body that does
 not parse), 422 (a body that parses but holds no image field). Size and time limits are `limits.BodyLimit`'s.
 
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from vitkit.service.errors import BadRequest, Unprocessable, UnsupportedMediaType
-from vitkit.service.schemas import ImageRequest
+from vitkit.service.schemas import ImageRequest, SearchRequest
 
 # the OpenAPI requestBody of every route that takes an image
 IMAGE_BODY = {"requestBody": {"required": True, "content": {
@@ -22,6 +23,19 @@ IMAGE_BODY = {"requestBody": {"required": True, "content": {
         "properties": {"file": {"type": "string", "format": "binary", "description": "the image file"}}}},
     "application/json": {"schema": ImageRequest.model_json_schema()},
 }}}
+
+
+# /v1/search: the same, or JSON {"text": "..."}
+SEARCH_BODY = {"requestBody": {"required": True, "content": {
+    **IMAGE_BODY["requestBody"]["content"], "application/json": {"schema": SearchRequest.model_json_schema()}}}}
+
+
+async def read_search(request: Request) -> bytes | str:
+    """A search's query: the image bytes (as read_image), or the text of a JSON {"text": ...} body."""
+    if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != "application/json":
+        return await read_image(request)
+    payload = parse_json(SearchRequest, await request.body())
+    return payload.text if payload.text is not None else _image_bytes(payload.image)
 
 
 async def read_image(request: Request) -> bytes:
@@ -45,13 +59,21 @@ async def _from_form(request: Request) -> bytes:
 
 
 async def _from_json(request: Request) -> bytes:
+    return _image_bytes(parse_json(ImageRequest, await request.body()).image)
+
+
+def parse_json(schema, body: bytes):
+    """`body` validated as `schema`: 400 for JSON that does not parse, 422 (field details) for the rest."""
     try:
-        payload = ImageRequest.model_validate_json(await request.body())
+        return schema.model_validate_json(body)
     except ValidationError as err:
         if any(e["type"] == "json_invalid" for e in err.errors()):
             raise BadRequest(f"the body is not valid JSON: {err.errors()[0]['msg']}") from None
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
+
+
+def _image_bytes(image: str) -> bytes:
     try:
-        return payload.image_bytes()
+        return ImageRequest(image=image).image_bytes()
     except ValueError as err:
         raise BadRequest(str(err)) from None

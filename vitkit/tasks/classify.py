@@ -48,5 +48,5 @@ def classify_to_file(model: Model, paths: list[str], output: str | Path, top_k: 
         with open(tmp, "w", newline="", errors="surrogateescape") as out:  # names that are not UTF-8: their bytes
             write_rows((row for chunk in chunks for row in chunk.rows), format, out, top_k)
 
-    settings = {"task": "classify", "arch": arch, "top_k": top_k, "format": format}
+    settings = {"task": "classify", "arch": arch, "top_k": top_k, "format": format, **model.job_settings}
     return run_to_file(model, paths, output, settings, classify_fn(model, top_k), merge, chunk_size, loader)

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import sys
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -32,16 +31,12 @@ from vitkit.data.workers import die_with_parent
 from vitkit.models.vit import VisionTransformer
 from vitkit.batch.job import Job
 from vitkit.batch.map import PROGRESS_MIN_INPUTS, Chunk, concat_chunks
+from vitkit.cache import cache_dir
 from vitkit.data.labelled import Item
 from vitkit.train.datasets import LabelledImages
 
 CHUNK = 256
 HEAD_KEYS = ("head.", "head_dist.")
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("VITKIT_CACHE_DIR") or Path.home() / ".cache" / "vitkit"
-    return Path(root) / "features"
 
 
 def backbone_digest(net: VisionTransformer) -> str:
@@ -106,7 +101,7 @@ class FeatureExtractor:
         key = hashlib.blake2b(json.dumps({
             "backbone": self.digest, "files": _files_digest(items), "transform": repr(transform),
             "seed": seed, "view": view}, sort_keys=True).encode(), digest_size=16).hexdigest()
-        target = cache_dir() / f"{key}.safetensors"
+        target = cache_dir("features") / f"{key}.safetensors"
         if target.is_file():
             return load_file(target)["features"]
         job = Job([path for path, _ in items], target, {"key": key}, CHUNK)

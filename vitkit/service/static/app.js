@@ -1,12 +1,14 @@
 // The vitkit page: choose or drop an image, see its top-5 labels and, when the server has an index, the
-// most similar indexed images. Talks only to this server's /v1 API; all text goes in through textContent.
+// most similar indexed images; with an image-text model (CLIP, SigLIP), search the index by a sentence.
+// Talks only to this server's /v1 API; all text goes in through textContent.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = { key: sessionStorage.getItem("vitkit-key") || "", index: null, classes: 0, urls: [] };
 
-async function api(path, options = {}) {
+async function api(path, { contentType, ...options } = {}) {
   const headers = state.key ? { Authorization: `Bearer ${state.key}` } : {};
+  if (contentType) headers["Content-Type"] = contentType;
   const response = await fetch(path, { ...options, headers });
   if (response.ok) return response;
   let detail = response.statusText;
@@ -28,8 +30,10 @@ async function loadInfo() {
     state.index = info.index;
     $("model").textContent = `${model.id} · ${model.family} · ${model.input_size} px · ` +
       (model.num_classes ? `${model.num_classes} classes` : "no classifier head");
-    $("index").textContent = info.index ? `index: ${info.index.count} images (${info.index.pool} pooling)`
+    $("index").textContent = info.index ? `index: ${info.index.count} images (${info.index.pool} pooling)` +
+                                          (info.index.text_search ? " · searchable by text" : "")
                                         : "no image index loaded";
+    $("text-form").hidden = !(info.index && info.index.text_search);
     setStatus("");
   } catch (err) {
     setStatus(err.message, true);
@@ -70,7 +74,8 @@ async function thumbnailUrl(hit) {
   return url;
 }
 
-async function showHits(result) {
+async function showHits(result, title = "Most similar indexed images") {
+  $("similar-title").textContent = title;
   const grid = $("similar");
   grid.replaceChildren();
   const figures = result.hits.map(async (hit) => {
@@ -111,6 +116,23 @@ async function analyse(file) {
   setStatus(failed ? failed.reason.message : "Done.", Boolean(failed));
 }
 
+async function searchText(query) {
+  if (!query) return;
+  state.urls.forEach((url) => URL.revokeObjectURL(url));
+  state.urls = [];
+  $("preview").hidden = true;
+  $("labels-section").hidden = true;
+  setStatus("Searching…");
+  try {
+    const response = await api("/v1/search?k=8", {
+      method: "POST", body: JSON.stringify({ text: query }), contentType: "application/json" });
+    await showHits(await response.json(), `Indexed images matching “${query}”`);
+    setStatus("Done.");
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
 function init() {
   const drop = $("drop");
   $("file").addEventListener("change", (e) => analyse(e.target.files[0]));
@@ -120,6 +142,10 @@ function init() {
     e.preventDefault();
     drop.classList.remove("over");
     analyse(e.dataTransfer.files[0]);
+  });
+  $("text-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    searchText($("text-query").value.trim());
   });
   $("key-form").addEventListener("submit", (e) => {
     e.preventDefault();
