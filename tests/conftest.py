@@ -115,6 +115,29 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def tiny_image_text(tmp_path_factory) -> dict[str, Path]:
+    """family ("clip", "siglip") -> a transformers folder of a tiny image-text model trained (a few seconds) to tie
+    pictures of solid colours to their names, with a real tokenizer (tests/image_text_support.py)."""
+    pytest.importorskip("tokenizers")
+    from image_text_support import clip_vocabulary, sentencepiece_vocabulary, train_image_text
+
+    root = tmp_path_factory.mktemp("image-text")
+    try:
+        vocabularies = {"clip": clip_vocabulary(root / "clip-vocab"), "siglip": sentencepiece_vocabulary(root / "spm")}
+    except ImportError as err:
+        pytest.skip(f"the test's tokenizer vocabularies cannot be built: {err}")
+    return {family: train_image_text(family, vocab, root / family) for family, vocab in vocabularies.items()}
+
+
+@pytest.fixture(scope="session")
+def colour_photos(tmp_path_factory) -> dict[str, str]:
+    """path -> colour, for 4 photos of each of 8 colours (PNG, JPEG, WebP; 20-90 px, not square)."""
+    from image_text_support import write_colour_photos
+
+    return write_colour_photos(tmp_path_factory.mktemp("colour-photos"), per_colour=4)
+
+
 def torchrun(args: list, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     """`torchrun --nproc-per-node 2 --standalone ARGS` with one thread a rank and no inherited rank variables."""
     command = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", *map(str, args)]

@@ -135,3 +135,34 @@ def test_the_page_asks_for_the_api_key(tmp_path):
         expect(page.locator("#model")).to_contain_text("10 classes")
         page.set_input_files("#file", str(image))
         expect(page.locator("#labels li")).to_have_count(5)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_the_page_searches_the_index_by_text(family, tiny_image_text, colour_photos, tmp_path, report):
+    """A tiny image-text model that knows colours: typing "a purple square" shows the purple photos first."""
+    from playwright.sync_api import expect
+
+    from vitkit.image_text import load_text
+
+    folder = str(tiny_image_text[family])
+    model, text = vitkit.load(folder), load_text(folder)
+    index = ImageIndex.create(tmp_path / "db", model, text=text)
+    index.add(list(colour_photos), model, progress=False, workers=0)
+    app = create_app(Engine(model, threads=1), ImageIndex.open(tmp_path / "db"), text=text)
+    purple = {path for path, colour in colour_photos.items() if colour == "purple"}
+    with live_server(app) as url, browser_page() as page:
+        page.goto(url)
+        expect(page.locator("#index")).to_contain_text("searchable by text")
+        expect(page.locator("#text-form")).to_be_visible()
+        page.fill("#text-query", "a purple square")
+        page.click("#text-form button")
+        expect(page.locator("#status")).to_have_text("Done.", timeout=30_000)
+        expect(page.locator("#similar-title")).to_contain_text("a purple square")
+        expect(page.locator("#similar figure img")).to_have_count(8)
+        page.wait_for_function("[...document.querySelectorAll('#similar img')].every(i => i.complete && "
+                               "i.naturalWidth > 0)")
+        shown = page.locator("#similar figure img").evaluate_all("imgs => imgs.map(i => i.alt)")
+    top = [Path(p).name for p in shown[:4]]
+    assert {Path(p).name for p in purple} == set(top), top  # the four purple photos, before anything else
+    report(f"browser e2e: tiny {family}, text search 'a purple square' on the page: the 4 purple photos of "
+           f"{len(colour_photos)} first")

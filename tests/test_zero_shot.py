@@ -22,8 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytest.importorskip("tokenizers")
-from image_text_support import (COLOURS, clip_vocabulary, sentencepiece_vocabulary,  # noqa: E402
-                                train_image_text, write_colour_photos)
+from image_text_support import COLOURS, write_colour_photos  # noqa: E402
 
 import vitkit  # noqa: E402
 from vitkit.cli import main  # noqa: E402
@@ -33,25 +32,14 @@ FAMILIES = ("clip", "siglip")
 NAMES = ",".join(COLOURS)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """family -> a transformers folder of a tiny image-text model that knows the colours."""
-    root = tmp_path_factory.mktemp("image-text")
-    out = {}
-    for family in FAMILIES:
-        try:
-            vocab = clip_vocabulary(root / "clip-vocab") if family == "clip" else \
-                sentencepiece_vocabulary(root / "spm-vocab")
-        except ImportError as err:
-            pytest.skip(f"the tokenizer vocabulary for the test cannot be built: {err}")
-        out[family] = train_image_text(family, vocab, root / family)
-    return out
+@pytest.fixture
+def trained(tiny_image_text) -> dict[str, Path]:
+    return tiny_image_text
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> dict[str, str]:
-    """path -> colour, for 4 photos of each of the 8 colours (PNG, JPEG, WebP; 20-90 px, not square)."""
-    return write_colour_photos(tmp_path_factory.mktemp("photos"), per_colour=4)
+@pytest.fixture
+def photos(colour_photos) -> dict[str, str]:
+    return colour_photos
 
 
 @pytest.fixture(autouse=True)
@@ -205,14 +193,15 @@ def test_onnx_text_tower_equals_pytorch_and_searches_the_same_index(family, trai
     assert sum(photos[h.path] == "yellow" for h in hits) >= 3
 
 
-def test_service_text_search_and_openai_embeddings(trained, photos, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_service_text_search_and_openai_embeddings(family, trained, photos, tmp_path):
     from fastapi.testclient import TestClient
 
     from vitkit.index import ImageIndex
     from vitkit.service.app import create_app
     from vitkit.service.engine import Engine
 
-    folder = str(trained["clip"])
+    folder = str(trained[family])
     model, text = vitkit.load(folder), load_text(folder)
     index = ImageIndex.create(tmp_path / "db", model, text=text)
     index.add(list(photos), model, progress=False, workers=0)
