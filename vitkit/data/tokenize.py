@@ -326,7 +326,7 @@ def _bpe(folder: Path, config: dict, kind: str, path: Path | None) -> tuple[str,
         tokenizer.post_processor = _post_processor(file_json, path)
 
     rules = {"pad_id": ids["pad_token"], "pad_token": named["pad_token"][0], "eos_id": ids["eos_token"],
-             "padding_side": "right",
+             "padding_side": _side(config, "padding_side", file_json.get("padding"), PADDING_SIDE[kind]),
              "truncation_side": _side(config, "truncation_side", file_json.get("truncation"), "right")}
     return tokenizer.to_str(), rules
 
