@@ -227,3 +227,33 @@ def test_service_text_search_and_openai_embeddings(family, trained, photos, tmp_
     digits = vitkit.load(str(Path(vitkit.__file__).parent / "assets" / "digits-vit"))
     with TestClient(create_app(Engine(digits, threads=1))) as client:
         assert client.post("/v1/embeddings", json={"input": "red"}).status_code == 404
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_towers_keep_zero_shot_accuracy(family, trained, tmp_path, capsys, report):
+    pytest.importorskip("onnxruntime")
+    data = tmp_path / "data"
+    truth = {}
+    for path, colour in write_colour_photos(tmp_path / "flat", per_colour=3, seed=11).items():
+        (data / colour).mkdir(parents=True, exist_ok=True)
+        target = data / colour / Path(path).name
+        Path(path).rename(target)
+        truth[str(target)] = colour
+    image, text = tmp_path / "image-int8.onnx", tmp_path / "text-int8.onnx"
+    assert main(["quantize", "--model", str(trained[family]), "--eval", str(data), "--out", str(image),
+                 "--text-out", str(text), "--json", "--no-speed"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["gate"]["passed"] and result["eval"]["accuracy"]["quantized"] >= 0.9, result["eval"]
+    assert result["size_mb"]["text_int8"] < result["size_mb"]["text_fp32"]
+    out = tmp_path / "preds.jsonl"  # the INT8 files run zero-shot on their own
+    assert main(["classify", *truth, "--model", str(image), "--text-model", str(text), "--labels", NAMES,
+                 "--format", "jsonl", "-o", str(out), "--no-progress", "--workers", "0"]) == 0
+    rows = _rows(out)
+    correct = sum(r["top_k"][0]["label"] == truth[r["path"]] for r in rows)
+    assert correct / len(rows) >= 0.9
+    ev = result["eval"]
+    report(f"int8: tiny {family}, both towers INT8 (onnxruntime dynamic): zero-shot top-1 agreement with fp32 "
+           f"{ev['top1_agreement']:.3f}, accuracy {ev['accuracy']['fp32']:.3f} -> {ev['accuracy']['quantized']:.3f}, "
+           f"image emb cosine {ev['image_embedding_cosine']['mean']:.4f}, label emb cosine "
+           f"{ev['label_embedding_cosine']['mean']:.4f}; text {result['size_mb']['text_fp32']} -> "
+           f"{result['size_mb']['text_int8']} MB; INT8 files classify {correct}/{len(rows)}")

@@ -202,6 +202,8 @@ def _zero_shot_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", action="append", metavar="PROMPT",
                         help='zero-shot prompt with {} for the label, e.g. "a photo of a {}." (repeat it for an '
                              "ensemble; default: the CLIP paper's 80 ImageNet templates)")
+    parser.add_argument("--text-model", metavar="SRC", help="zero-shot: where the text tower is, when --model does not "
+                        "hold it (e.g. a text .onnx from `vitkit export onnx-text` or `vitkit quantize --text-out`)")
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
@@ -305,9 +307,10 @@ def _zero_shot(args, model, labels=None):
         if args.template:
             raise ValueError("--template needs --labels or --labels-file")
         return model
-    if args.model is None:
+    source = args.text_model or args.model
+    if source is None:
         raise ValueError("zero-shot needs an image-text checkpoint (--model): random weights have no text tower")
-    return ZeroShotClassifier(model, load_text(args.model, model.device), labels, args.template)
+    return ZeroShotClassifier(model, load_text(source, model.device), labels, args.template)
 
 
 def _cmd_classify(args) -> int:

@@ -57,37 +57,54 @@ class TextExportReport:
                 f"{self.opset}; onnxruntime vs PyTorch on {self.checked} texts: max abs diff {self.max_abs_diff:.1e}")
 
 
-def export_text_onnx(net: TextTransformer, tokenizer: TextTokenizer, out: str | Path, *, source: str = "",
-                     opset: int = DEFAULT_OPSET) -> TextExportReport:
-    """Export, verify, then write `out` atomically (nothing is written when verification fails)."""
-    import onnx
-
-    net = net.eval()
+def text_graph_bytes(net: TextTransformer, tokenizer: TextTokenizer, opset: int = DEFAULT_OPSET) -> bytes:
+    """The bare graph (no vitkit metadata) of the text tower: input_ids (B, L) -> text_embeds (B, P)."""
     example = tokenizer(["a photo of a dog"])  # (1, L)
     try:
-        data = export_module(net, example, TEXT_INPUT, [TEXT_OUTPUT], dynamic_batch=True, opset=opset)
+        return export_module(net.eval(), example, TEXT_INPUT, [TEXT_OUTPUT], dynamic_batch=True, opset=opset)
     except Exception as err:
         raise OnnxExportError(f"torch.onnx.export of the text tower failed: {str(err).strip().splitlines()[0]}"
                               ) from err
+
+
+def text_difference(data: bytes, net: TextTransformer, tokenizer: TextTokenizer) -> float:
+    """Max abs difference between onnxruntime on `data` and PyTorch on VERIFY_TEXTS' embeddings."""
     ids = tokenizer(list(VERIFY_TEXTS))
     with torch.inference_mode():
         want = net(ids).float().numpy()
-    got = Session(data).run(ids)[TEXT_OUTPUT]
-    diff = float(np.abs(want - got).max())
-    if not diff <= TEXT_ATOL:
-        raise OnnxExportError(f"the text tower's ONNX graph differs from PyTorch by {diff:.1e} (> {TEXT_ATOL:g}); "
-                              f"{out} was not written")
+    return float(np.abs(want - Session(data).run(ids)[TEXT_OUTPUT]).max())
+
+
+def with_text_metadata(data: bytes, net: TextTransformer, tokenizer: TextTokenizer, source: str,
+                       extra: dict[str, str] | None = None) -> bytes:
+    """`data` with the metadata that makes it a runnable text tower (see the module doc), plus `extra` props."""
+    import onnx
+
     model = onnx.load_from_string(data)
     bias = float(net.logit_bias.detach()) if net.config.logit_bias else None
     props = {"vitkit_kind": "text", "vitkit_text_config": json.dumps(net.config.to_dict()),
              "vitkit_logit_scale": json.dumps(float(net.logit_scale.detach())), "vitkit_logit_bias": json.dumps(bias),
              "vitkit_tokenizer": _tokenizer_text(tokenizer), "vitkit_tokenizer_fingerprint": tokenizer.fingerprint,
-             "vitkit_weights_digest": net.weights_digest(),
-             "vitkit_source": source, "vitkit_version": VERSION}
+             "vitkit_weights_digest": net.weights_digest(), "vitkit_source": source, "vitkit_version": VERSION,
+             **(extra or {})}
+    kept = [p for p in model.metadata_props if not p.key.startswith("vitkit_")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "vitkit", VERSION
-    data = model.SerializeToString()
+    return model.SerializeToString()
+
+
+def export_text_onnx(net: TextTransformer, tokenizer: TextTokenizer, out: str | Path, *, source: str = "",
+                     opset: int = DEFAULT_OPSET) -> TextExportReport:
+    """Export, verify, then write `out` atomically (nothing is written when verification fails)."""
+    data = text_graph_bytes(net, tokenizer, opset)
+    diff = text_difference(data, net, tokenizer)
+    if not diff <= TEXT_ATOL:
+        raise OnnxExportError(f"the text tower's ONNX graph differs from PyTorch by {diff:.1e} (> {TEXT_ATOL:g}); "
+                              f"{out} was not written")
+    data = with_text_metadata(data, net, tokenizer, source)
     write_atomic_bytes(data, out)
     return TextExportReport(str(out), net.config.context_length, opset, diff, len(VERIFY_TEXTS),
                             round(len(data) / 2**20, 2))

@@ -39,6 +39,11 @@ def add_commands(sub, model_args, runtime_args) -> None:
     parser.add_argument("--report", metavar="FILE.md", help="also write the report as markdown")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--text-out", metavar="FILE.onnx",
+                        help="image-text models (CLIP, SigLIP): quantize the text tower too, into this file; the gate "
+                             "is then zero-shot top-1 on --eval's class folders (their names are the labels)")
+    parser.add_argument("--template", action="append", metavar="PROMPT",
+                        help="with --text-out: zero-shot prompt(s) (default: CLIP's 80 ImageNet templates)")
     parser.set_defaults(handler=run)
 
 
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown recipe {args.recipe!r}: choose {', '.join(RECIPES)}")
     model = load(args.model, args.arch, image_size=args.image_size, device="cpu")
     say = (lambda msg: None) if args.json else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    if args.text_out:
+        return _image_text(args, model, say)
     try:
         report = quantize(model, args.method, calib=args.calib, eval_folder=args.eval_folder, backend=args.backend,
                           out=args.out, max_drop=args.max_drop, force=args.force,
@@ -60,4 +67,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"vitkit quantize: {refused}", file=sys.stderr)
         return 3
     print(json.dumps(report.to_dict()) if args.json else markdown(report))
+    return 0
+
+
+def _image_text(args: argparse.Namespace, model, say) -> int:
+    from vitkit.image_text import load_text
+    from vitkit.quantize import QuantizationRefused
+    from vitkit.quantize.image_text import quantize_image_text
+
+    if not args.eval_folder:
+        raise ValueError("--text-out needs --eval FOLDER (class sub-folders): the gate is zero-shot accuracy there")
+    try:
+        report = quantize_image_text(model, load_text(args.model, "cpu"), args.eval_folder, args.out, args.text_out,
+                                     templates=args.template, calib=args.calib, max_drop=args.max_drop,
+                                     force=args.force, log=say)
+    except QuantizationRefused as refused:
+        print(json.dumps(refused.report.to_dict()))
+        print(f"vitkit quantize: {refused}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        ev, gate = report.eval, report.gate
+        accuracy = ev.get("accuracy")
+        print(f"zero-shot on {ev['images']} images, {ev['labels']} labels: top-1 agreement {ev['top1_agreement']:.4f}"
+              + (f", accuracy fp32 {accuracy['fp32']:.4f} -> INT8 {accuracy['quantized']:.4f}" if accuracy else "")
+              + f"; image embedding cosine {ev['image_embedding_cosine']['mean']:.4f}, label embedding cosine "
+              f"{ev['label_embedding_cosine']['mean']:.4f}; gate {'passed' if gate['passed'] else 'FORCED'} "
+              f"({gate['drop_points']} <= {gate['max_drop']} points); sizes (MB) {report.size_mb}")
     return 0
