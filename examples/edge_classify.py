@@ -1,4 +1,5 @@
-"""Classify images with a vitkit-exported .onnx file and nothing else: onnxruntime, numpy and pillow.
+"""Classify images with a vitkit-exported .onnx file and nothing else: onnxruntime, numpy and pillow; zero-shot
+with an image-text model's two exported towers and, for its tokenizer, the `tokenizers` package.
 
 Everything the model needs travels inside the file (ONNX metadata_props written by `vitkit export onnx`):
   vitkit_preprocess  {"input_size", "crop_pct", "resize_mode", "interpolation", "mean", "std"}
@@ -8,10 +9,21 @@ first frame, RGB (transparency over white), resize ("shortest": shorter side to 
 aspect kept, torchvision's truncation; "exact": both sides), centre crop (torchvision's rounding for "shortest",
 transformers' floor for "exact"), /255 in float64, then (x - mean) / std in float32.
 
+Zero-shot (CLIP, SigLIP 2): the image tower's file gives the image embedding (`pre_logits`), the text tower's file
+(`vitkit export onnx-text`, or `vitkit quantize --text-out`) the label embeddings, with its tokenizer, logit scale
+and bias in its metadata (vitkit_tokenizer, vitkit_logit_scale, vitkit_logit_bias): each label's prompts are
+embedded, L2-normalised, averaged and normalised again; logits = exp(scale) * cosine (+ bias); scores are a softmax
+over the labels (CLIP) or a sigmoid per label (SigLIP). SigLIP 1's SentencePiece rules are not reproduced here:
+use vitkit for those models.
+
 Try it:  vitkit export onnx --model ../shared/weights/deit-tiny-patch16-224/model.safetensors \
            --arch deit_tiny_patch16_224 --out /tmp/deit.onnx
          python examples/edge_classify.py ../shared/images/imagenet-sample-100/n01440764_tench.JPEG \
            --model /tmp/deit.onnx
+         vitkit export onnx --model openai/clip-vit-base-patch32 --out clip-image.onnx
+         vitkit export onnx-text --model openai/clip-vit-base-patch32 --out clip-text.onnx
+         python examples/edge_classify.py photo.jpg --model clip-image.onnx --text-model clip-text.onnx \
+           --labels "cat,dog,a red car"
 """
 
 from __future__ import annotations
@@ -113,14 +125,77 @@ class Classifier:
         return [{"index": int(i), "label": self.labels[i], "score": float(probs[i])} for i in order]
 
 
+class ZeroShot(Classifier):
+    """The image tower of an image-text model and its exported text tower, scoring `labels` given as words."""
+
+    def __init__(self, path: str, text_path: str, labels: list[str], templates: list[str]):
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "vitkit_preprocess" not in meta or "pre_logits" not in [o.name for o in self.session.get_outputs()]:
+            raise SystemExit(f"{path} is not an image tower exported by `vitkit export onnx`")
+        self.spec, self.labels = json.loads(meta["vitkit_preprocess"]), labels
+        self.input = self.session.get_inputs()[0].name
+        text = ort.InferenceSession(text_path, providers=["CPUExecutionProvider"])
+        props = text.get_modelmeta().custom_metadata_map
+        if props.get("vitkit_kind") != "text":
+            raise SystemExit(f"{text_path} is not a text tower exported by `vitkit export onnx-text`")
+        self.scale = float(np.exp(json.loads(props["vitkit_logit_scale"])))
+        self.bias = json.loads(props["vitkit_logit_bias"])
+        tokenize = tokenizer(json.loads(props["vitkit_tokenizer"]), text_path)
+        prompts = [template.format(label) for label in labels for template in templates]
+        ids = tokenize(prompts)  # (labels * templates, context length) int64
+        (embeds,) = text.run(["text_embeds"], {text.get_inputs()[0].name: ids})
+        per_label = unit(embeds.astype(np.float32)).reshape(len(labels), len(templates), -1).mean(axis=1)
+        self.label_vectors = unit(per_label)  # (labels, P)
+
+    def top_k(self, path: str, k: int = 5) -> list[dict]:
+        (image,) = self.session.run(["pre_logits"], {self.input: preprocess(decode(path), self.spec)})
+        logits = self.scale * (unit(image.astype(np.float32))[0] @ self.label_vectors.T)  # (labels,)
+        if self.bias is not None:  # SigLIP: a sigmoid per label, as it was trained
+            probs = 1 / (1 + np.exp(-(logits + self.bias)))
+        else:
+            exp = np.exp(logits - logits.max())
+            probs = exp / exp.sum()
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [{"index": int(i), "label": self.labels[i], "score": float(probs[i])} for i in order]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def tokenizer(saved: dict, path: str):
+    """texts -> (N, context length) int64 ids, from the tokenizer vitkit stored in the text tower's file."""
+    if saved["kind"] == "siglip":
+        raise SystemExit(f"{path}: SigLIP's SentencePiece tokenizer rules are vitkit's own; zero-shot with it at "
+                         "the edge is not supported by this example (CLIP and SigLIP 2 are)")
+    from tokenizers import Tokenizer
+
+    rules, length = saved["rules"], saved["context_length"]
+    tok = Tokenizer.from_str(json.dumps(saved["tokenizer"]))
+    tok.enable_truncation(length, direction=rules["truncation_side"])
+    tok.enable_padding(direction=rules["padding_side"], pad_id=rules["pad_id"], pad_token=rules["pad_token"],
+                       length=length)
+    return lambda texts: np.array([e.ids for e in tok.encode_batch(texts)], dtype=np.int64)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with a vitkit-exported ONNX model.")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--model", required=True, help="a .onnx file written by `vitkit export onnx`")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    parser.add_argument("--text-model", help="zero-shot: the text tower (`vitkit export onnx-text`)")
+    parser.add_argument("--labels", help='zero-shot: class names, comma-separated ("cat,dog,a red car")')
+    parser.add_argument("--template", action="append", help='zero-shot prompt (repeatable); default "a photo of a {}."')
     args = parser.parse_args(argv)
-    classifier = Classifier(args.model)
+    if bool(args.text_model) != bool(args.labels):
+        parser.error("zero-shot needs both --text-model and --labels")
+    if args.text_model:
+        labels = [name.strip() for name in args.labels.split(",") if name.strip()]
+        classifier = ZeroShot(args.model, args.text_model, labels, args.template or ["a photo of a {}."])
+    else:
+        classifier = Classifier(args.model)
     status = 0
     for path in args.images:
         try:

@@ -1,5 +1,6 @@
-"""examples/edge_classify.py in a fresh virtual environment with only onnxruntime, numpy and pillow gives the same
-top-5 (indices, and scores within 1e-4) as vitkit's PyTorch classify.
+"""examples/edge_classify.py in a fresh virtual environment with only onnxruntime, numpy, pillow (and tokenizers, for
+zero-shot) gives the same top-5 (indices, and scores within 1e-4) as vitkit's PyTorch classify, and as vitkit's
+zero-shot classifier with a tiny CLIP's two exported towers.
 
 The environment: `python -m venv`, then `pip install --no-deps onnxruntime numpy pillow` at the versions of this
 environment (from PyPI, or pip's cache; onnxruntime's own dependencies -- protobuf, sympy, flatbuffers -- are
@@ -47,7 +48,7 @@ WEIGHTS = SHARED / "weights" / "deit-tiny-patch16-224" / "model.safetensors"
 PHOTOS = SHARED / "images" / "imagenet-sample-100"
 PHOTO_NAMES = ("n01440764_tench.JPEG", "n03908714_pencil_sharpener.JPEG", "n03825788_nipple.JPEG",
                "n03759954_microphone.JPEG", "n02095889_Sealyham_terrier.JPEG", "n03937543_pill_bottle.JPEG")
-PACKAGES = ("onnxruntime", "numpy", "pillow")
+PACKAGES = ("onnxruntime", "numpy", "pillow", "tokenizers")  # tokenizers: zero-shot's text side only
 ALLOWED_IN_VENV = {*PACKAGES, "pip", "setuptools", "wheel"}
 TOL = 1e-4
 
@@ -83,8 +84,9 @@ def edge_python(tmp_path_factory) -> Path:
     return python
 
 
-def _run_example(python: Path, images: list[Path], model: Path, cwd: Path) -> list[dict]:
-    done = subprocess.run([str(python), "-I", str(EXAMPLE), *map(str, images), "--model", str(model), "--json"],
+def _run_example(python: Path, images: list[Path], model: Path, cwd: Path, extra: tuple = ()) -> list[dict]:
+    done = subprocess.run([str(python), "-I", str(EXAMPLE), *map(str, images), "--model", str(model), "--json",
+                           *extra],
                           capture_output=True, text=True, timeout=300, cwd=cwd,
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     assert done.returncode == 0, done.stderr
@@ -175,3 +177,22 @@ def test_edge_example_matches_vitkit(edge_python, tmp_path, report):
         worst = _compare(rows, expected, name)
         report(f"edge example ({model.source if name == 'shortest' else 'same model'}, {name} resize, "
                f"{len(images)} images): top-5 identical to vitkit, max score diff {worst:.1e}; {seconds:.1f} s")
+
+
+def test_edge_example_zero_shot_matches_vitkit(edge_python, tiny_image_text, colour_photos, tmp_path, report):
+    from vitkit.cli import main
+    from vitkit.image_text import ZeroShotClassifier, load_text
+
+    folder = str(tiny_image_text["clip"])
+    image, text = tmp_path / "image.onnx", tmp_path / "text.onnx"
+    assert main(["export", "onnx", "--model", folder, "--out", str(image)]) == 0
+    assert main(["export", "onnx-text", "--model", folder, "--out", str(text)]) == 0
+    labels, template = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"], "a {} square"
+    photos = list(colour_photos)
+    rows = _run_example(edge_python, photos, image, tmp_path, ("--text-model", str(text), "--labels", ",".join(labels),
+                                                               "--template", template))
+    expected = ZeroShotClassifier(vitkit.load(folder), load_text(folder), labels, [template]).classify(photos)
+    worst = _compare(rows, expected, "zero-shot")
+    correct = sum(row["top_k"][0]["label"] == colour_photos[row["path"]] for row in rows)
+    report(f"edge example zero-shot (tiny CLIP, image + text ONNX, {len(photos)} photos): top-5 identical to vitkit, "
+           f"max score diff {worst:.1e}; top-1 right {correct}/{len(photos)}")
