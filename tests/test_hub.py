@@ -155,3 +155,21 @@ def test_no_network_without_offline_flag(hub):
     assert not failed["ok"] and failed["type"] == "CheckpointError", failed
     for text in ("not in the local Hugging Face cache", "could not be reached", f"hf download {NOT_CACHED}"):
         assert text in failed["message"], failed["message"]
+
+
+def test_an_image_text_registry_name_runs_zero_shot_offline(tiny_image_text, colour_photos, tmp_path):
+    """openai/clip-vit-base-patch32 from a cache whose files are a tiny CLIP that knows colours (weights, config,
+    preprocessing and tokenizer files): `vitkit classify --labels` finds both towers and the tokenizer there."""
+    cache = tmp_path / "hub-cache"
+    add_to_cache(cache, "openai/clip-vit-base-patch32", tiny_image_text["clip"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_CACHE=str(cache), HF_ENDPOINT="http://127.0.0.1:9",
+               HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")
+    photos = list(colour_photos)[::4]  # one of each colour
+    proc = subprocess.run([sys.executable, "-m", "vitkit", "classify", *photos, "--model",
+                           "openai/clip-vit-base-patch32", "--labels", "red,green,blue,yellow,purple,orange,white,black",
+                           "--format", "jsonl", "--workers", "0", "--no-progress", "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["top_k"][0]["label"] for r in rows] == [colour_photos[p] for p in photos]
