@@ -257,3 +257,17 @@ def test_int8_towers_keep_zero_shot_accuracy(family, trained, tmp_path, capsys, 
            f"image emb cosine {ev['image_embedding_cosine']['mean']:.4f}, label emb cosine "
            f"{ev['label_embedding_cosine']['mean']:.4f}; text {result['size_mb']['text_fp32']} -> "
            f"{result['size_mb']['text_int8']} MB; INT8 files classify {correct}/{len(rows)}")
+
+
+def test_causal_towers_skip_the_padding_and_siglip_reads_it_all(trained):
+    """CLIP never looks past its end token, so embed() cuts the batch after its last one; the vectors are those of
+    the full 16 positions. SigLIP pools the last position: nothing is cut."""
+    texts = ["red", "a photo of a very very dark blue square", ""]
+    for family in FAMILIES:
+        text = load_text(str(trained[family]))
+        ids = text.tokenizer(texts)
+        cut = text._shortest(ids)
+        assert cut.shape[1] < ids.shape[1] if family == "clip" else cut.shape[1] == ids.shape[1]
+        with torch.no_grad():
+            full = torch.nn.functional.normalize(text.net(ids), dim=-1)
+        assert (text.embed(texts) - full).abs().max().item() <= 1e-5

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import warnings
 from collections.abc import Sequence
 from importlib import resources
 
 import torch
+from tqdm import tqdm
 
 from vitkit.api import Model, Prediction, resolve_device
 from vitkit.cache import cache_dir
@@ -33,8 +35,10 @@ from vitkit.checkpoints.io import CheckpointError, read_tensors, write_tensors
 from vitkit.checkpoints.text_convert import load_text_tower
 from vitkit.data.tokenize import TextTokenizer, load_tokenizer
 from vitkit.limits import MAX_TEXT_CHARS, MAX_TEXTS
+from vitkit.models.text import TextTransformer
 
 TEXT_BATCH = 64
+PROGRESS_FROM = 2048  # prompts: label sets that take seconds or more show a progress bar (on stderr)
 
 
 def default_templates() -> tuple[str, ...]:
@@ -109,15 +113,28 @@ class TextEncoder:
         return self.net.config.embed_dim
 
     @torch.inference_mode()
-    def embed(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+    def embed(self, texts: Sequence[str], normalize: bool = True, progress: bool = False) -> torch.Tensor:
         """Texts -> embeddings (N, P) as float32 on the CPU, L2-normalised unless normalize=False."""
         texts = check_texts(texts)
         out = []
-        for start in range(0, len(texts), TEXT_BATCH):
-            ids = self.tokenizer(texts[start:start + TEXT_BATCH]).to(self.device)  # (n, context_length)
-            out.append(self.net(ids).float().cpu())  # (n, P)
+        starts = range(0, len(texts), TEXT_BATCH)
+        for start in tqdm(starts, desc="label prompts", unit="batch", disable=not progress, file=sys.stderr,
+                          dynamic_ncols=True, leave=False):
+            ids = self.tokenizer(texts[start:start + TEXT_BATCH])  # (n, context_length)
+            out.append(self.net(self._shortest(ids).to(self.device)).float().cpu())  # (n, P)
         vectors = torch.cat(out)
         return torch.nn.functional.normalize(vectors, dim=-1) if normalize else vectors
+
+    def _shortest(self, ids: torch.Tensor) -> torch.Tensor:
+        """A causal tower pooled at the end-of-text token never looks past it: the columns after the batch's last
+        end token are cut (a prompt of 10 tokens then costs 11 positions, not 77). SigLIP reads every position."""
+        cfg = self.net.config
+        if not isinstance(self.net, TextTransformer) or not cfg.causal or cfg.pool == "last" or \
+                self.tokenizer.padding_side != "right":  # (an ONNX tower takes the full length)
+            return ids
+        ends = ids == cfg.eos_id if cfg.pool == "eos" else ids == ids.max(dim=1, keepdim=True).values
+        last = int(ends.int().argmax(dim=1).max()) + 1  # (the first end token of each row; the latest of them) + 1
+        return ids[:, :last]
 
     def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
         """(L, P) normalised: each label's prompts embedded, averaged, normalised again. Kept in memory and on
@@ -140,7 +157,8 @@ class TextEncoder:
             except (CheckpointError, KeyError, OSError):
                 pass  # a damaged entry is recomputed and replaced
         prompts = [template.format(label) for label in labels for template in templates]
-        per_prompt = self.embed(prompts).reshape(len(labels), len(templates), -1)  # (L, templates, P)
+        per_prompt = self.embed(prompts, progress=len(prompts) > PROGRESS_FROM)  # (L * templates, P)
+        per_prompt = per_prompt.reshape(len(labels), len(templates), -1)  # (L, templates, P)
         vectors = torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)  # (L, P)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

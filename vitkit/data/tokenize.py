@@ -82,6 +82,7 @@ class TextTokenizer:
         tokenizers = require_tokenizers()
         self.kind, self.context_length = kind, context_length
         self.pad_id, self.eos_id = rules["pad_id"], rules["eos_id"]
+        self.padding_side = rules["padding_side"]
         self._rules = rules
         self._tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json)
         self._json = self._tokenizer.to_str()  # before padding and truncation are switched on
