@@ -162,7 +162,15 @@ def test_the_page_searches_the_index_by_text(family, tiny_image_text, colour_pho
         page.wait_for_function("[...document.querySelectorAll('#similar img')].every(i => i.complete && "
                                "i.naturalWidth > 0)")
         shown = page.locator("#similar figure img").evaluate_all("imgs => imgs.map(i => i.alt)")
+        orange = next(path for path, colour in colour_photos.items() if colour == "orange")
+        expect(page.locator("#labels-form")).to_be_visible()  # zero-shot: the photo against typed class names
+        page.fill("#zero-shot-labels", "red, orange, blue, green")
+        page.set_input_files("#file", orange)
+        expect(page.locator("#status")).to_have_text("Done.", timeout=30_000)
+        expect(page.locator("#labels li .label")).to_have_count(4)
+        zero_shot = page.locator("#labels li .label").all_inner_texts()
     top = [Path(p).name for p in shown[:4]]
     assert {Path(p).name for p in purple} == set(top), top  # the four purple photos, before anything else
+    assert zero_shot[0] == "orange", zero_shot
     report(f"browser e2e: tiny {family}, text search 'a purple square' on the page: the 4 purple photos of "
            f"{len(colour_photos)} first")

@@ -222,11 +222,23 @@ def test_service_text_search_and_openai_embeddings(family, trained, photos, tmp_
         decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
         assert np.abs(decoded - want[0].numpy()).max() <= 1e-6
         assert client.post("/v1/search", json={"text": "red", "image": "AAAA"}).status_code == 422
+        zero_shot = {path: client.post("/v1/classify", params={"labels": NAMES, "top_k": 3},
+                                       files={"file": open(path, "rb")}).json() for path in list(photos)[::4]}
+        assert all(r["top_k"][0]["label"] == photos[p] for p, r in zero_shot.items()), zero_shot
+        want_top = ZeroShotClassifier(model, text, list(COLOURS), ["a photo of a {}."]).classify(list(zero_shot))
+        for (path, got), want in zip(zero_shot.items(), want_top):  # the same scores as vitkit's classifier
+            assert [p["label"] for p in got["top_k"]] == [p.label for p in want[:3]]
+            assert max(abs(a["score"] - b.score) for a, b in zip(got["top_k"], want)) <= 1e-5
+        bad = client.post("/v1/classify", params={"labels": "red", "template": "no slot"},
+                          files={"file": open(next(iter(photos)), "rb")})
+        assert bad.status_code == 422 and "{}" in bad.json()["detail"]
         assert client.post("/v1/embeddings", json={"input": []}).status_code == 422
         assert client.post("/v1/embeddings", json={"input": "red", "dimensions": 7}).status_code == 422
     digits = vitkit.load(str(Path(vitkit.__file__).parent / "assets" / "digits-vit"))
     with TestClient(create_app(Engine(digits, threads=1))) as client:
         assert client.post("/v1/embeddings", json={"input": "red"}).status_code == 404
+        assert client.post("/v1/classify", params={"labels": "red,blue"},
+                           files={"file": open(next(iter(photos)), "rb")}).status_code == 404
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -234,10 +234,13 @@ class ZeroShotClassifier:
     def preprocess(self, images) -> torch.Tensor:
         return self.model.preprocess(images)
 
-    @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, L) on the CPU."""
-        images = self.model.embed_pixels(pixels, "prelogits", normalize=True)  # (B, P)
+        return self.logits(self.model.embed_pixels(pixels, "prelogits", normalize=True))  # from (B, P)
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings (B, P) -> logits (B, L) on the CPU (the service embeds in its engine, then calls this)."""
         return self.text.net.logits(images.to(self.device), self.label_vectors.to(self.device)).float().cpu()
 
     def top_k(self, logits: torch.Tensor, k: int = 5) -> list[list[Prediction]]:

@@ -52,6 +52,7 @@ from vitkit.service.thumbnails import thumbnail_jpeg
 from vitkit.service.uploads import IMAGE_BODY, SEARCH_BODY, parse_json, read_image, read_search
 
 LABELS_SAMPLE = 10
+MAX_LABELS_TEXT = 20_000  # characters of a zero-shot label list in a query string
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Service:
     text: object | None = None  # vitkit.image_text.TextEncoder of an image-text model: text search and embeddings
     decode_slots: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)  # made again at each startup
     text_lock: threading.Lock = field(default_factory=threading.Lock)  # one text batch at a time
+    zero_shot: dict = field(default_factory=dict)  # (labels, template) -> ZeroShotClassifier, oldest first
 
     @property
     def text_search(self) -> bool:
@@ -162,14 +164,59 @@ IMAGE_ERRORS = documented(400, 401, 408, 413, 415, 422, 500, 503, 504)  # 500: t
 api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
 
+ZERO_SHOT_TEMPLATE = "a photo of a {}."  # one prompt: a request's labels are embedded while it waits
+MAX_ZERO_SHOT_SETS = 64  # label sets whose embeddings a server keeps
+
+
 @api.post("/classify", response_model=ClassifyResponse, responses=IMAGE_ERRORS | documented(404),
-          openapi_extra=IMAGE_BODY, summary="Top-k labels of one image")
-async def classify(request: Request, top_k: int = Query(5, ge=1, le=MAX_TOP_K)) -> ClassifyResponse:
+          openapi_extra=IMAGE_BODY, summary="Top-k labels of one image (zero-shot with `labels`)")
+async def classify(request: Request, top_k: int = Query(5, ge=1, le=MAX_TOP_K),
+                   labels: str | None = Query(None, min_length=1, max_length=MAX_LABELS_TEXT, description=
+                                              "zero-shot: class names, comma-separated (an image-text model)"),
+                   template: str | None = Query(None, min_length=2, max_length=500, description=
+                                                "zero-shot: the prompt, with {} for the label (default "
+                                                f"{ZERO_SHOT_TEMPLATE!r})")) -> ClassifyResponse:
     service = _service(request)
-    if not service.engine.model.config.num_classes:
-        raise NotFound(f"{service.model_id} has no classifier head: use /v1/embed or /v1/search")
-    predictions = await _infer(service, "classify", await _pixels(request, service), top_k)
+    if labels is None and template is not None:
+        raise Unprocessable("template needs labels")
+    if labels is not None:
+        classifier = await _zero_shot(service, labels, template or ZERO_SHOT_TEMPLATE)
+        vector = await _infer(service, "embed", await _pixels(request, service), "prelogits")
+        predictions = classifier.top_k(classifier.logits(torch.from_numpy(vector)[None]), top_k)[0]  # from (1, D)
+    else:
+        if not service.engine.model.config.num_classes:
+            raise NotFound(f"{service.model_id} has no classifier head: use /v1/embed or /v1/search")
+        predictions = await _infer(service, "classify", await _pixels(request, service), top_k)
     return ClassifyResponse(model=service.model_id, top_k=[Label(**p.to_dict()) for p in predictions])
+
+
+async def _zero_shot(service: Service, labels: str, template: str):
+    """The zero-shot classifier of these labels (their embeddings made once, then kept)."""
+    from vitkit.image_text import ZeroShotClassifier, labels_from
+
+    if service.text is None:
+        raise NotFound(f"{service.model_id} has no text tower here: zero-shot needs an image-text model (CLIP, "
+                       "SigLIP) served with its tokenizer")
+    try:
+        names = labels_from(labels, None)
+        key = (names, template)
+        if key not in service.zero_shot:
+
+            def build():
+                with service.text_lock:
+                    return ZeroShotClassifier(service.engine.model, service.text, names, [template])
+
+            async with asyncio.timeout(service.limits.timeout_s):
+                classifier = await run_in_threadpool(build)
+            while len(service.zero_shot) >= MAX_ZERO_SHOT_SETS:
+                service.zero_shot.pop(next(iter(service.zero_shot)))  # the oldest label set
+            service.zero_shot[key] = classifier
+    except ValueError as err:
+        raise Unprocessable(str(err)) from None
+    except TimeoutError:
+        raise ResultTimeout(f"embedding {labels.count(',') + 1} labels took more than {service.limits.timeout_s:g} s"
+                            ) from None
+    return service.zero_shot[key]
 
 
 @api.post("/embed", response_model=EmbedResponse, responses=IMAGE_ERRORS, openapi_extra=IMAGE_BODY,

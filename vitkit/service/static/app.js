@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: sessionStorage.getItem("vitkit-key") || "", index: null, classes: 0, urls: [] };
+const state = { key: sessionStorage.getItem("vitkit-key") || "", index: null, classes: 0, text: false, urls: [] };
 
 async function api(path, { contentType, ...options } = {}) {
   const headers = state.key ? { Authorization: `Bearer ${state.key}` } : {};
@@ -27,7 +27,9 @@ async function loadInfo() {
     const info = await (await api("/v1/models")).json();
     const model = info.models[0];
     state.classes = model.num_classes;
+    state.text = model.text;
     state.index = info.index;
+    $("labels-form").hidden = !model.text;
     $("model").textContent = `${model.id} · ${model.family} · ${model.input_size} px · ` +
       (model.num_classes ? `${model.num_classes} classes` : "no classifier head");
     $("index").textContent = info.index ? `index: ${info.index.count} images (${info.index.pool} pooling)` +
@@ -104,7 +106,12 @@ async function analyse(file) {
   $("similar-section").hidden = true;
   setStatus("Analysing…");
   const jobs = [];
-  if (state.classes) {
+  const labels = state.text ? $("zero-shot-labels").value.trim() : "";
+  if (labels) {  // zero-shot: the image scored against these class names
+    const query = new URLSearchParams({ top_k: "5", labels });
+    jobs.push(api(`/v1/classify?${query}`, { method: "POST", body: upload(file) })
+      .then((r) => r.json()).then(showLabels));
+  } else if (state.classes) {
     jobs.push(api("/v1/classify?top_k=5", { method: "POST", body: upload(file) })
       .then((r) => r.json()).then(showLabels));
   }
