@@ -31,8 +31,10 @@ SPEC = PreprocessSpec(input_size=32, crop_pct=1.0, resize_mode="exact", interpol
 CONTEXT = 16
 
 
-def clip_vocabulary(folder: Path) -> Path:
-    """vocab.json + merges.txt + tokenizer_config.json of OpenAI's CLIP BPE (from open_clip's bundled file)."""
+def clip_vocabulary(folder: Path, config: bool = True) -> Path:
+    """vocab.json + merges.txt (+ tokenizer_config.json) of OpenAI's CLIP BPE, from open_clip's bundled file as its
+    SimpleTokenizer builds them: lines 1..48894 are the merges; the vocabulary is the 256 byte characters, the same
+    + "</w>", the merges joined, then the two special tokens (49,408 entries)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or spec.origin is None:
         raise ImportError("open_clip_torch (which ships CLIP's BPE vocabulary) is not installed")
@@ -44,6 +46,8 @@ def clip_vocabulary(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    if not config:
+        return folder
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "CLIPTokenizer", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "model_max_length": 77}))
@@ -83,10 +87,33 @@ def sentencepiece_vocabulary(folder: Path) -> Path:
     return folder
 
 
-def _spm_size(folder: Path) -> int:
+def _vocab_size(folder: Path) -> int:
+    if (folder / "tokenizer.json").is_file():  # Gemma-style: the highest id + 1
+        data = json.loads((folder / "tokenizer.json").read_text())
+        return 1 + max([*data["model"]["vocab"].values(), *(t["id"] for t in data["added_tokens"])])
     import sentencepiece as spm
 
     return spm.SentencePieceProcessor(model_file=str(folder / "spiece.model")).get_piece_size()
+
+
+def gemma_vocabulary(folder: Path) -> Path:
+    """A small Gemma-style tokenizer.json (SigLIP 2's kind: byte-fallback BPE, <pad> 0 <eos> 1 <bos> 2 <unk> 3),
+    from a SentencePiece BPE model trained on the captions and converted by transformers."""
+    import sentencepiece as spm
+    import transformers
+
+    source = folder.parent / (folder.name + "-spm")
+    source.mkdir(parents=True, exist_ok=True)
+    lines = [caption.format(name) for name in COLOURS for caption in CAPTIONS] * 4
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(source / "tokenizer"),
+                                   model_type="bpe", vocab_size=330, hard_vocab_limit=False, pad_id=0, eos_id=1,
+                                   bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+                                   byte_fallback=True, minloglevel=2)
+    transformers.GemmaTokenizer.from_pretrained(source).save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("vocab_file", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GemmaTokenizer"}))
+    return folder
 
 
 def colour_pixels(names: list[str], generator: torch.Generator) -> torch.Tensor:
@@ -98,8 +125,10 @@ def colour_pixels(names: list[str], generator: torch.Generator) -> torch.Tensor:
     return (pixels - 0.5) / 0.5
 
 
-def train_image_text(family: str, tokenizer_folder: Path, out: Path, steps: int = 160, seed: int = 0) -> Path:
-    """A tiny CLIP ('clip') or SigLIP ('siglip') tied to the colours, saved as a transformers folder."""
+def train_image_text(family: str, tokenizer_folder: Path, out: Path, steps: int = 160, seed: int = 0,
+                     kind: str | None = None) -> Path:
+    """A tiny CLIP ('clip') or SigLIP ('siglip') tied to the colours, saved as a transformers folder; `kind`: the
+    tokenizer's (default: the family's; 'siglip2' for a Gemma tokenizer.json)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     siglip = family == "siglip"
@@ -107,9 +136,9 @@ def train_image_text(family: str, tokenizer_folder: Path, out: Path, steps: int 
         image_size=32, patch_size=8, width=48, depth=2, heads=3, mlp_dim=96, num_classes=0, norm_eps=1e-6 if siglip
         else 1e-5, act="gelu_tanh" if siglip else "quick_gelu", family=family,
         **(dict(class_token=False, pool="map") if siglip else dict(pre_norm=True, patch_bias=False, proj_dim=32))))
-    tokenizer = load_tokenizer(tokenizer_folder, family, CONTEXT)
+    tokenizer = load_tokenizer(tokenizer_folder, kind or family, CONTEXT)
     text = TextTransformer(TextConfig(
-        vocab_size=_spm_size(tokenizer_folder) if siglip else 49408, context_length=CONTEXT, width=32, depth=2, heads=2, mlp_dim=64,
+        vocab_size=_vocab_size(tokenizer_folder) if siglip else 49408, context_length=CONTEXT, width=32, depth=2, heads=2, mlp_dim=64,
         act="gelu_tanh" if siglip else "quick_gelu", norm_eps=1e-6 if siglip else 1e-5, causal=not siglip,
         pool="last" if siglip else "eos", eos_id=tokenizer.eos_id, proj_dim=48 if siglip else 32, proj_bias=siglip,
         logit_bias=siglip, family=family))

@@ -179,11 +179,19 @@ def test_edge_example_matches_vitkit(edge_python, tmp_path, report):
                f"{len(images)} images): top-5 identical to vitkit, max score diff {worst:.1e}; {seconds:.1f} s")
 
 
-def test_edge_example_zero_shot_matches_vitkit(edge_python, tiny_image_text, colour_photos, tmp_path, report):
+@pytest.mark.parametrize("family", ["clip", "siglip2"])
+def test_edge_example_zero_shot_matches_vitkit(family, edge_python, tiny_image_text, colour_photos, tmp_path, report):
+    from image_text_support import gemma_vocabulary, train_image_text
+
     from vitkit.cli import main
     from vitkit.image_text import ZeroShotClassifier, load_text
 
-    folder = str(tiny_image_text["clip"])
+    if family == "clip":
+        folder = str(tiny_image_text["clip"])
+    else:  # a SigLIP with SigLIP 2's Gemma tokenizer
+        vocab = gemma_vocabulary(tmp_path / "gemma")
+        folder = str(train_image_text("siglip", vocab, tmp_path / "siglip2", kind="siglip2"))
+        assert load_text(folder).tokenizer.kind == "siglip2"
     image, text = tmp_path / "image.onnx", tmp_path / "text.onnx"
     assert main(["export", "onnx", "--model", folder, "--out", str(image)]) == 0
     assert main(["export", "onnx-text", "--model", folder, "--out", str(text)]) == 0
@@ -194,5 +202,5 @@ def test_edge_example_zero_shot_matches_vitkit(edge_python, tiny_image_text, col
     expected = ZeroShotClassifier(vitkit.load(folder), load_text(folder), labels, [template]).classify(photos)
     worst = _compare(rows, expected, "zero-shot")
     correct = sum(row["top_k"][0]["label"] == colour_photos[row["path"]] for row in rows)
-    report(f"edge example zero-shot (tiny CLIP, image + text ONNX, {len(photos)} photos): top-5 identical to vitkit, "
+    report(f"edge example zero-shot (tiny {family}, image + text ONNX, {len(photos)} photos): top-5 identical to vitkit, "
            f"max score diff {worst:.1e}; top-1 right {correct}/{len(photos)}")

@@ -8,7 +8,6 @@ Run:  .venv/bin/python -m pytest tests/test_tokenize.py -q
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import importlib.util
 import json
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from image_text_support import clip_vocabulary  # noqa: E402  (tests/ is on sys.path)
 
 from vitkit.data.spm_model import Charsmap, read_spm_model, spm_tokenizer
 from vitkit.data.tokenize import load_tokenizer
@@ -125,41 +126,13 @@ def reference_ids(tokenizer, texts: list[str], length: int) -> list[list[int]]:
 
 
 # -- the folders ------------------------------------------------------------------------------------------------
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table that CLIP's BPE is written in, in vocabulary order: the
-    printable bytes as themselves, then the others as chr(256 + n)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {b: chr(b) for b in printable}, 0
-    for b in range(256):
-        if b not in table:
-            table[b], extra = chr(256 + extra), extra + 1
-    return table
-
-
-def write_clip_vocab(folder: Path) -> None:
-    """vocab.json + merges.txt from OpenCLIP's bpe_simple_vocab_16e6.txt.gz, as SimpleTokenizer builds them:
-    lines 1..48894 are the merges; the vocabulary is the 256 byte characters, the same + "</w>", the merges
-    joined, then the two special tokens (49408 entries)."""
-    with gzip.open(BPE_GZ) as file:
-        lines = file.read().decode("utf-8").split("\n")
-    merges = lines[1:49152 - 256 - 2 + 1]
-    chars = list(bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    assert len(vocab) == 49408
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def clip_folders(tmp_path_factory) -> dict[str, tuple[Path, object]]:
     """name -> (folder, the transformers tokenizer it is compared with)."""
     if not BPE_GZ.is_file():
         pytest.skip("open_clip_torch (the source of CLIP's BPE vocabulary) is not installed")
     root = tmp_path_factory.mktemp("clip")
-    plain = root / "vocab_merges"
-    plain.mkdir()
-    write_clip_vocab(plain)
+    plain = clip_vocabulary(root / "vocab_merges", config=False)
     folders = {"vocab_merges": (plain, transformers.CLIPTokenizer(str(plain / "vocab.json"), str(plain / "merges.txt")))}
     # OpenAI's hub layout: tokenizer.json + a config whose <|startoftext|> is a normalized added token
     openai = root / "openai"

@@ -283,3 +283,23 @@ def test_causal_towers_skip_the_padding_and_siglip_reads_it_all(trained):
         with torch.no_grad():
             full = torch.nn.functional.normalize(text.net(ids), dim=-1)
         assert (text.embed(texts) - full).abs().max().item() <= 1e-5
+
+
+def test_zero_shot_eval_reads_imagenet_layouts_and_shows_the_published_figure(trained, photos, tmp_path):
+    from vitkit.evaluate import report as eval_report
+    from vitkit.evaluate.zero_shot import class_names, evaluate_zero_shot
+    from vitkit.labels import imagenet_1k
+
+    synsets, numbered, named = tmp_path / "synsets", tmp_path / "numbered", tmp_path / "named"
+    for i, (wnid, path) in enumerate(zip(("n01440764", "n01443537"), list(photos)[:2])):
+        for root, name in ((synsets, wnid), (numbered, str(i)), (named, f"golden_{wnid}")):
+            (root / name).mkdir(parents=True)
+            (root / name / Path(path).name).write_bytes(Path(path).read_bytes())
+    assert class_names(synsets) == (imagenet_1k(), True) and class_names(numbered) == (imagenet_1k(), True)
+    assert class_names(named) == (("golden n01440764", "golden n01443537"), False)
+    folder = str(trained["clip"])
+    classifier = ZeroShotClassifier(vitkit.load(folder), load_text(folder), imagenet_1k(), templates=["{}"])
+    evaluation = evaluate_zero_shot(classifier, str(synsets), progress=False, workers=0,
+                                    model_arg="openai/clip-vit-base-patch32", imagenet=True)
+    assert evaluation.scores.count == 2 and evaluation.published[1].top1 == 63.2
+    assert "published for openai/clip-vit-base-patch32: top-1 63.20%" in eval_report.summary(evaluation)
