@@ -10,7 +10,6 @@ Used by tests/test_zero_shot.py, the index and service tests.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
@@ -35,10 +34,9 @@ def clip_vocabulary(folder: Path, config: bool = True) -> Path:
     """vocab.json + merges.txt (+ tokenizer_config.json) of OpenAI's CLIP BPE, from open_clip's bundled file as its
     SimpleTokenizer builds them: lines 1..48894 are the merges; the vocabulary is the 256 byte characters, the same
     + "</w>", the merges joined, then the two special tokens (49,408 entries)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or spec.origin is None:
-        raise ImportError("open_clip_torch (which ships CLIP's BPE vocabulary) is not installed")
-    bpe = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
+    from reference_openclip import bare_openclip
+
+    bpe = Path(bare_openclip().__path__[0]) / "bpe_simple_vocab_16e6.txt.gz"  # ImportError when not installed
     merges = gzip.open(bpe, "rt", encoding="utf-8").read().split("\n")[1:49152 - 256 - 2 + 1]
     byte_chars = _bytes_to_unicode()
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]

@@ -17,15 +17,26 @@ from pathlib import Path
 from reference_timm import torchvision_standin
 
 
+def bare_openclip() -> types.ModuleType:
+    """The `open_clip` package with its files but without running its __init__ (which imports torchvision), in
+    sys.modules with its real spec (so importlib.util.find_spec("open_clip") keeps working); ImportError (with the
+    reason) when open_clip_torch is not installed."""
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"]
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise ImportError("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
+    package = types.ModuleType("open_clip")
+    package.__path__ = [str(Path(spec.origin).parent)]
+    package.__spec__, package.__file__ = spec, spec.origin
+    sys.modules["open_clip"] = package
+    return package
+
+
 def import_openclip_transformer() -> types.ModuleType:
     """open_clip.transformer; ImportError (with the reason) when open_clip_torch is not installed."""
     if "open_clip.transformer" in sys.modules:
         return sys.modules["open_clip.transformer"]
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or spec.origin is None:
-        raise ImportError("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
-    package = types.ModuleType("open_clip")  # its files, without running its __init__
-    package.__path__ = [str(Path(spec.origin).parent)]
-    sys.modules["open_clip"] = package
+    bare_openclip()
     with torchvision_standin():
         return importlib.import_module("open_clip.transformer")

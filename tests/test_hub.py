@@ -157,6 +157,7 @@ def test_no_network_without_offline_flag(hub):
         assert text in failed["message"], failed["message"]
 
 
+@pytest.mark.slow
 def test_an_image_text_registry_name_runs_zero_shot_offline(tiny_image_text, colour_photos, tmp_path):
     """openai/clip-vit-base-patch32 from a cache whose files are a tiny CLIP that knows colours (weights, config,
     preprocessing and tokenizer files): `vitkit classify --labels` finds both towers and the tokenizer there."""

@@ -33,7 +33,7 @@ from vitkit.checkpoints.save import save_vitkit
 from vitkit.cli import main as cli
 from vitkit.config import HALF, PreprocessSpec
 from vitkit.models.vit import VisionTransformer
-from vitkit.train.features import cache_dir
+from vitkit.cache import cache_dir
 from vitkit.train.probe import L2_GRID, fit_probe
 
 from conftest import TINY_VARIANTS, randomise_
@@ -210,8 +210,8 @@ def test_features_are_cached_and_read_back(blobs, tmp_path, monkeypatch):
                        tmp_path / "base.safetensors")
     args = ["finetune", blobs, "--model", base, "--recipe", "linear-probe", "--workers", "0"]
     assert run_cli(args + ["--out", tmp_path / "one"])[0] == 0
-    entries = sorted(cache_dir().glob("*.safetensors"))
-    assert entries, f"nothing cached in {cache_dir()}"
+    entries = sorted(cache_dir("features").glob("*.safetensors"))
+    assert entries, f"nothing cached in {cache_dir('features')}"
     calls = []
     monkeypatch.setattr("vitkit.train.features.FeatureExtractor._batch",
                         lambda self, rows: calls.append(len(rows)))

@@ -137,6 +137,7 @@ def test_the_page_asks_for_the_api_key(tmp_path):
         expect(page.locator("#labels li")).to_have_count(5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_the_page_searches_the_index_by_text(family, tiny_image_text, colour_photos, tmp_path, report):
     """A tiny image-text model that knows colours: typing "a purple square" shows the purple photos first."""

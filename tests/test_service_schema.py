@@ -31,7 +31,7 @@ EXAMPLES = 40  # per operation and mode; derandomized, so a run is reproducible
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-@pytest.fixture(scope="module", params=["digits", "tiny-clip-with-text"])
+@pytest.fixture(scope="module", params=["digits", pytest.param("tiny-clip-with-text", marks=pytest.mark.slow)])
 def api_schema(request, tmp_path_factory):
     """The digits classifier with a stand-in index; and a tiny CLIP with a real index and its text tower (text
     search and /v1/embeddings answer there)."""

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from image_text_support import clip_vocabulary  # noqa: E402  (tests/ is on sys.path)
+from reference_openclip import bare_openclip  # noqa: E402
 
 from vitkit.data.spm_model import Charsmap, read_spm_model, spm_tokenizer
 from vitkit.data.tokenize import load_tokenizer
@@ -36,11 +37,11 @@ transformers.logging.set_verbosity_error()
 
 
 def open_clip_dir() -> Path:
-    """open_clip's package folder (tests/reference_openclip.py may have put a bare package in sys.modules)."""
-    if "open_clip" in sys.modules:
-        return Path(sys.modules["open_clip"].__path__[0])
-    spec = importlib.util.find_spec("open_clip")
-    return Path(spec.origin).parent if spec and spec.origin else Path("open_clip-not-installed")
+    """open_clip's package folder (without running its __init__: see tests/reference_openclip.py)."""
+    try:
+        return Path(bare_openclip().__path__[0])
+    except ImportError:
+        return Path("open_clip-not-installed")
 
 
 BPE_GZ = open_clip_dir() / "bpe_simple_vocab_16e6.txt.gz"
@@ -237,10 +238,7 @@ def test_clip_matches_transformers(clip_folders, variant):
 def import_openclip_tokenizer() -> types.ModuleType:
     """open_clip.tokenizer without open_clip's __init__ (which needs torchvision); ftfy, when it is not
     installed, as an identity stand-in (the strings compared below are ones ftfy leaves alone)."""
-    if "open_clip" not in sys.modules:
-        package = types.ModuleType("open_clip")
-        package.__path__ = [str(open_clip_dir())]
-        sys.modules["open_clip"] = package
+    bare_openclip()
     stub = None
     if importlib.util.find_spec("ftfy") is None:
         stub = sys.modules["ftfy"] = types.ModuleType("ftfy")
@@ -429,6 +427,7 @@ def test_corrupt_files(tmp_path, clip_folders, siglip_folders, siglip2_folders):
     expect(folder, "siglip", "vitkit_tokenizer.json")
 
 
+@pytest.mark.slow
 def test_ten_thousand_texts(tokenizers_by_kind):
     texts = [f"{text} {i}" for i, text in zip(range(10_000), TEXTS * 30)]
     for kind, tokenizer in tokenizers_by_kind.items():

@@ -96,6 +96,7 @@ def test_label_embeddings_are_cached_per_label_set(trained, tmp_path):
     assert len(list((tmp_path / "cache" / "text").glob("*.safetensors"))) == 2  # another label set: another entry
 
 
+@pytest.mark.slow
 def test_a_resumed_job_refuses_another_label_set(trained, photos, tmp_path, monkeypatch, capsys):
     out = tmp_path / "preds.jsonl"
     args = ["classify", *photos, "--model", str(trained["clip"]), "--format", "jsonl", "-o", str(out),
@@ -173,6 +174,7 @@ def test_zero_shot_needs_an_image_text_model(photos, capsys):
     assert "no text tower in this checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_onnx_text_tower_equals_pytorch_and_searches_the_same_index(family, trained, photos, tmp_path):
     pytest.importorskip("onnxruntime")
@@ -241,6 +243,7 @@ def test_service_text_search_and_openai_embeddings(family, trained, photos, tmp_
                            files={"file": open(next(iter(photos)), "rb")}).status_code == 404
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_int8_towers_keep_zero_shot_accuracy(family, trained, tmp_path, capsys, report):
     pytest.importorskip("onnxruntime")
