@@ -180,8 +180,8 @@ def test_broken_checkpoint_files_give_one_line(tmp_path, case):
     assert result["rc"] == 2 and expected in one_line_error(result)
 
 
-@pytest.mark.slow
 # ----------------------------------------------------------------------------- 7: files that are not files
+@pytest.mark.slow
 def test_a_fifo_on_the_command_line_gets_an_error_row(tmp_path):
     pipe = hostile.fifo(tmp_path / "pipe.jpg")
     good = hostile.photo(tmp_path / "good.png")

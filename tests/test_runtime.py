@@ -148,8 +148,8 @@ def test_bf16_top1_agreement_real_deit_tiny(report):
     assert agreement >= 0.99
 
 
-@pytest.mark.slow
 # -- compile -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile (inductor) needs a C++ compiler on CPU; none found")
 def test_compile_tiny_matches_plain(report):
