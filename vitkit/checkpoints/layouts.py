@@ -171,24 +171,31 @@ TOKEN = Transform(_unflatten_token, lambda t, c: t.reshape(-1))
 EMBEDDING_TABLE = Transform(_batch_axis, lambda t, c: t.squeeze(0))
 
 
-def _hf_clip_keymap(cfg: ViTConfig, tower: str) -> KeyMap:
-    """CLIP and SigLIP vision towers (CLIPVisionModel(WithProjection), SiglipVisionModel), and the vision half of
-    CLIPModel / SiglipModel checkpoints (their text tower is left out). `tower`: the vision keys' prefix; the
-    projection is always at the top level."""
+def clip_encoder_rules(tower: str) -> tuple[Rename | Fuse, ...]:
+    """transformers' CLIPEncoderLayer (CLIP's and SigLIP's image and text towers alike) -> vitkit's Block."""
     layer = tower + "encoder.layers.{i}."
     attn = layer + "self_attn."
-    head = tower + "head."
-    rules = [
-        Rename(tower + "embeddings.class_embedding", "cls_token", TOKEN),
-        Rename(tower + "embeddings.position_embedding.weight", "pos_embed", EMBEDDING_TABLE),
-        Rename(tower + "embeddings.patch_embedding.{p}", "patch_embed.proj.{p}"),
-        Rename(tower + "pre_layrnorm.{p}", "norm_pre.{p}"),
+    return (
         Rename(layer + "layer_norm1.{p}", "blocks.{i}.norm1.{p}"),
         Rename(layer + "layer_norm2.{p}", "blocks.{i}.norm2.{p}"),
         Fuse((attn + "q_proj.{p}", attn + "k_proj.{p}", attn + "v_proj.{p}"), "blocks.{i}.attn.qkv.{p}"),
         Rename(attn + "out_proj.{p}", "blocks.{i}.attn.proj.{p}"),
         Rename(layer + "mlp.fc1.{p}", "blocks.{i}.mlp.fc1.{p}"),
         Rename(layer + "mlp.fc2.{p}", "blocks.{i}.mlp.fc2.{p}"),
+    )
+
+
+def _hf_clip_keymap(cfg: ViTConfig, tower: str) -> KeyMap:
+    """CLIP and SigLIP vision towers (CLIPVisionModel(WithProjection), SiglipVisionModel), and the vision half of
+    CLIPModel / SiglipModel checkpoints (their text tower is left out). `tower`: the vision keys' prefix; the
+    projection is always at the top level."""
+    head = tower + "head."
+    rules = [
+        Rename(tower + "embeddings.class_embedding", "cls_token", TOKEN),
+        Rename(tower + "embeddings.position_embedding.weight", "pos_embed", EMBEDDING_TABLE),
+        Rename(tower + "embeddings.patch_embedding.{p}", "patch_embed.proj.{p}"),
+        Rename(tower + "pre_layrnorm.{p}", "norm_pre.{p}"),
+        *clip_encoder_rules(tower),
         Rename(tower + "post_layernorm.{p}", "norm.{p}"),
         Rename("visual_projection.weight", "proj.weight"),
         Rename(head + "probe", "attn_pool.latent"),

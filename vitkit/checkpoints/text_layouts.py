@@ -11,8 +11,8 @@ Try it:  python -m pytest tests/test_parity_text.py -q
 
 from __future__ import annotations
 
-from vitkit.checkpoints.keymap import Fuse, KeyMap, Rename, Transform
-from vitkit.checkpoints.layouts import EMBEDDING_TABLE
+from vitkit.checkpoints.keymap import KeyMap, Rename, Transform
+from vitkit.checkpoints.layouts import EMBEDDING_TABLE, clip_encoder_rules
 from vitkit.config import TextConfig
 
 SCALAR = Transform(lambda t, c: t.reshape(()), lambda t, c: t.reshape(1))  # SigLIP's (1,) <-> vitkit's ()
@@ -21,8 +21,6 @@ TRANSPOSE = Transform(lambda t, c: t.T, lambda t, c: t.T)  # OpenCLIP's x @ P (D
 
 def hf_text_keymap(cfg: TextConfig) -> KeyMap:
     tower = "text_model."
-    layer = tower + "encoder.layers.{i}."
-    attn = layer + "self_attn."
     scalar = SCALAR if cfg.family == "siglip" else Transform()
     # the projection: CLIP's text_projection (no bias) or SigLIP's head (with one)
     proj = Rename("text_projection.weight", "proj.weight") if cfg.family == "clip" else \
@@ -30,12 +28,7 @@ def hf_text_keymap(cfg: TextConfig) -> KeyMap:
     rules = (
         Rename(tower + "embeddings.token_embedding.weight", "token_embed.weight"),
         Rename(tower + "embeddings.position_embedding.weight", "pos_embed", EMBEDDING_TABLE),
-        Rename(layer + "layer_norm1.{p}", "blocks.{i}.norm1.{p}"),
-        Rename(layer + "layer_norm2.{p}", "blocks.{i}.norm2.{p}"),
-        Fuse((attn + "q_proj.{p}", attn + "k_proj.{p}", attn + "v_proj.{p}"), "blocks.{i}.attn.qkv.{p}"),
-        Rename(attn + "out_proj.{p}", "blocks.{i}.attn.proj.{p}"),
-        Rename(layer + "mlp.fc1.{p}", "blocks.{i}.mlp.fc1.{p}"),
-        Rename(layer + "mlp.fc2.{p}", "blocks.{i}.mlp.fc2.{p}"),
+        *clip_encoder_rules(tower),
         Rename(tower + "final_layer_norm.{p}", "norm.{p}"),
         proj,
         Rename("logit_scale", "logit_scale", scalar),

@@ -18,6 +18,15 @@ from vitkit.config import ViTConfig
 from vitkit.models.rope import rotate_patches
 
 
+def init_linear_layers(module: nn.Module) -> None:
+    """Truncated-normal Linear weights (std 0.02) and zero biases, as timm and transformers initialise them."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.trunc_normal_(layer.weight, std=0.02)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()

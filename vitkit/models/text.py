@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vitkit.config import TextConfig
-from vitkit.models.layers import Block
+from vitkit.models.layers import Block, init_linear_layers
 
 
 class TextTransformer(nn.Module):
@@ -39,11 +39,7 @@ class TextTransformer(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linear_layers(self)
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vitkit.config import ViTConfig
-from vitkit.models.layers import AttentionPool, Block, PatchEmbed
+from vitkit.models.layers import AttentionPool, Block, PatchEmbed, init_linear_layers
 from vitkit.models.pos_embed import RelativePositionBias, SizeCache, resample_abs_pos_embed
 from vitkit.models.rope import rope_tables
 
@@ -89,12 +89,9 @@ class VisionTransformer(nn.Module):
     # -- set-up -----------------------------------------------------------------------------------
     def init_weights(self) -> None:
         """Truncated-normal init (std 0.02) as in timm/transformers; norms at (1, 0); zero head."""
+        init_linear_layers(self)
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
+            if isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         for name in ("cls_token", "dist_token", "reg_token", "pos_embed"):
