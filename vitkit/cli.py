@@ -280,7 +280,9 @@ def _cmd_models(args) -> int:
     if args.json:
         print(json.dumps({
             "models": {name: {"hub_id": m.hub_id, "layout": m.layout, "arch": m.arch, "labels": m.labels,
-                              "family": ARCHS[m.arch].config.family, "licence": m.licence, "note": m.note}
+                              "family": ARCHS[m.arch].config.family, "licence": m.licence, "note": m.note,
+                              "published_top1": m.published.top1 if m.published else None,
+                              "zero_shot_top1": m.zero_shot.top1 if m.zero_shot else None}
                        for name, m in MODELS.items()},
             "archs": {name: {"config": a.config.to_dict(), "preprocess": a.preprocess.to_dict()}
                       for name, a in ARCHS.items()},
@@ -288,8 +290,9 @@ def _cmd_models(args) -> int:
         return 0
     print("Named models (--model NAME):")
     for name, m in MODELS.items():
+        zero_shot = f" (zero-shot ImageNet top-1 {m.zero_shot.top1}% published)" if m.zero_shot else ""
         print(f"  {name:<50} {ARCHS[m.arch].config.family:<7} {m.layout:<5} {m.labels:<12} {m.licence:<13} "
-              f"{m.note}")
+              f"{m.note}{zero_shot}")
     print("\nArchitectures (--arch NAME, for weights files without config):")
     for name, a in ARCHS.items():
         c, p = a.config, a.preprocess
