@@ -291,18 +291,38 @@ def test_causal_towers_skip_the_padding_and_siglip_reads_it_all(trained):
 def test_zero_shot_eval_reads_imagenet_layouts_and_shows_the_published_figure(trained, photos, tmp_path):
     from vitkit.evaluate import report as eval_report
     from vitkit.evaluate.zero_shot import class_names, evaluate_zero_shot
-    from vitkit.labels import imagenet_1k
+    from vitkit.labels import imagenet_1k_clip_names
 
     synsets, numbered, named = tmp_path / "synsets", tmp_path / "numbered", tmp_path / "named"
     for i, (wnid, path) in enumerate(zip(("n01440764", "n01443537"), list(photos)[:2])):
         for root, name in ((synsets, wnid), (numbered, str(i)), (named, f"golden_{wnid}")):
             (root / name).mkdir(parents=True)
             (root / name / Path(path).name).write_bytes(Path(path).read_bytes())
-    assert class_names(synsets) == (imagenet_1k(), True) and class_names(numbered) == (imagenet_1k(), True)
+    clip_names = imagenet_1k_clip_names()
+    assert class_names(synsets) == (clip_names, True) and class_names(numbered) == (clip_names, True)
     assert class_names(named) == (("golden n01440764", "golden n01443537"), False)
     folder = str(trained["clip"])
-    classifier = ZeroShotClassifier(vitkit.load(folder), load_text(folder), imagenet_1k(), templates=["{}"])
+    classifier = ZeroShotClassifier(vitkit.load(folder), load_text(folder), clip_names, templates=["{}"])
     evaluation = evaluate_zero_shot(classifier, str(synsets), progress=False, workers=0,
                                     model_arg="openai/clip-vit-base-patch32", imagenet=True)
     assert evaluation.scores.count == 2 and evaluation.published[1].top1 == 63.2
     assert "published for openai/clip-vit-base-patch32: top-1 63.20%" in eval_report.summary(evaluation)
+
+
+def test_the_shipped_prompts_and_imagenet_names_are_clips():
+    """The 80 templates and the 1000 curated class names are the lists CLIP's figures were made with (open_clip
+    ships them too: the independent copy)."""
+    from reference_openclip import bare_openclip
+
+    from vitkit.image_text import default_templates
+    from vitkit.labels import imagenet_1k_clip_names
+
+    try:
+        import importlib
+
+        bare_openclip()
+        metadata = importlib.import_module("open_clip.zero_shot_metadata")
+    except ImportError as err:
+        pytest.skip(f"open_clip is not importable: {err}")
+    assert default_templates() == tuple(t("{}") if callable(t) else t for t in metadata.OPENAI_IMAGENET_TEMPLATES)
+    assert imagenet_1k_clip_names() == tuple(metadata.IMAGENET_CLASSNAMES)

@@ -26,6 +26,15 @@ def imagenet_1k_wnids() -> tuple[str, ...]:
     return tuple(wnid for wnid, _ in _imagenet_1k_rows())
 
 
+@lru_cache(maxsize=1)
+def imagenet_1k_clip_names() -> tuple[str, ...]:
+    """The 1000 class names OpenAI curated for CLIP's zero-shot ImageNet evaluation ("great white shark",
+    "hammerhead shark", ...: clearer prompts than the WordNet short names), in the standard index order; the list
+    published with CLIP's prompt-engineering notebook (MIT), as open_clip ships it."""
+    lines = files("vitkit.assets").joinpath("imagenet-1k-clip-names.txt").read_text(encoding="utf-8").splitlines()
+    return tuple(line for line in lines if line.strip())
+
+
 def default_labels(num_classes: int) -> tuple[str, ...]:
     if num_classes == 1000:
         return imagenet_1k()

@@ -1,8 +1,8 @@
 """Zero-shot evaluation: an image-text model scored on a labelled folder with class names as its only
 knowledge of the classes, beside the published zero-shot figure when the registry knows it.
 
-Class names come from --labels / --labels-file when given; otherwise ImageNet-1k's names when the data is
-laid out the ImageNet way (synset folders n01440764/, index folders 0/ .. 999/, or a flat folder with a labels
+Class names come from --labels / --labels-file when given; otherwise ImageNet-1k's, as OpenAI curated them for
+CLIP's published zero-shot figures (vitkit.labels.imagenet_1k_clip_names), when the data is laid out the ImageNet way (synset folders n01440764/, index folders 0/ .. 999/, or a flat folder with a labels
 file), else the class folders' own names (underscores read as spaces).
 
 Try it:  python -m pytest tests/test_zero_shot.py -q
@@ -17,7 +17,7 @@ from pathlib import Path
 from vitkit.evaluate.layouts import LABEL_FILES, VAL_DIRS
 from vitkit.evaluate.run import Evaluation, evaluate_folder
 from vitkit.image_text import ZeroShotClassifier
-from vitkit.labels import imagenet_1k
+from vitkit.labels import imagenet_1k_clip_names
 from vitkit.models.registry import MODELS
 
 WNID = re.compile(r"^n\d{8}$")
@@ -28,12 +28,12 @@ def class_names(data: str | Path, truth_file: str | None = None) -> tuple[tuple[
     root = Path(data)
     root = next((root / name for name in VAL_DIRS if (root / name).is_dir()), root)
     if truth_file or any((root / name).is_file() for name in LABEL_FILES):
-        return imagenet_1k(), True
+        return imagenet_1k_clip_names(), True
     folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not folders:
         raise ValueError(f"{data} has no class folders: give the class names with --labels or --labels-file")
     if all(WNID.match(name) for name in folders) or all(name.isdigit() for name in folders):
-        return imagenet_1k(), True
+        return imagenet_1k_clip_names(), True
     return tuple(name.replace("_", " ") for name in folders), False
 
 

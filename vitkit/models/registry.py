@@ -145,8 +145,8 @@ def _timm_result(tag: str, top1: float, top5: float, crop_pct: float = 0.9, size
 
 
 def _zero_shot(top1: float, source: str, spec: PreprocessSpec) -> Published:
-    """A published zero-shot ImageNet-1k top-1 (its authors' class names and prompt ensemble; vitkit uses its
-    own short class names and CLIP's 80 templates, so expect a few points less)."""
+    """A published zero-shot ImageNet-1k top-1 (CLIP's curated class names and 80-prompt ensemble, which
+    `vitkit zero-shot eval` uses too; SigLIP's authors used their own prompt set)."""
     return Published(top1, None, source + " (not verifiable offline)", spec)
 
 
