@@ -326,3 +326,14 @@ def test_the_shipped_prompts_and_imagenet_names_are_clips():
         pytest.skip(f"open_clip is not importable: {err}")
     assert default_templates() == tuple(t("{}") if callable(t) else t for t in metadata.OPENAI_IMAGENET_TEMPLATES)
     assert imagenet_1k_clip_names() == tuple(metadata.IMAGENET_CLASSNAMES)
+
+
+def test_label_embeddings_in_bounded_passes_equal_one_pass(trained, monkeypatch):
+    import vitkit.image_text as image_text
+
+    text = load_text(str(trained["clip"]))
+    labels, templates = ["red", "green", "blue", "white", "black"], ["a {} square", "{}", "the colour {}"]
+    prompts = text.embed([t.format(label) for label in labels for t in templates]).reshape(5, 3, -1)
+    want = torch.nn.functional.normalize(prompts.mean(dim=1), dim=-1)  # the definition, in one pass
+    monkeypatch.setattr(image_text, "PROMPTS_AT_ONCE", 7)  # two labels (six prompts) per pass
+    assert (text.label_embeddings(labels, templates) - want).abs().max().item() <= 1e-6

@@ -39,6 +39,7 @@ from vitkit.models.text import TextTransformer
 
 TEXT_BATCH = 64
 PROGRESS_FROM = 2048  # prompts: label sets that take seconds or more show a progress bar (on stderr)
+PROMPTS_AT_ONCE = 4096  # label prompts embedded per pass (ImageNet's 80,000 in 20 passes)
 
 
 def default_templates() -> tuple[str, ...]:
@@ -113,13 +114,11 @@ class TextEncoder:
         return self.net.config.embed_dim
 
     @torch.inference_mode()
-    def embed(self, texts: Sequence[str], normalize: bool = True, progress: bool = False) -> torch.Tensor:
+    def embed(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         """Texts -> embeddings (N, P) as float32 on the CPU, L2-normalised unless normalize=False."""
         texts = check_texts(texts)
         out = []
-        starts = range(0, len(texts), TEXT_BATCH)
-        for start in tqdm(starts, desc="label prompts", unit="batch", disable=not progress, file=sys.stderr,
-                          dynamic_ncols=True, leave=False):
+        for start in range(0, len(texts), TEXT_BATCH):
             ids = self.tokenizer(texts[start:start + TEXT_BATCH])  # (n, context_length)
             out.append(self.net(self._shortest(ids).to(self.device)).float().cpu())  # (n, P)
         vectors = torch.cat(out)
@@ -156,10 +155,15 @@ class TextEncoder:
                     return vectors
             except (CheckpointError, KeyError, OSError):
                 pass  # a damaged entry is recomputed and replaced
-        prompts = [template.format(label) for label in labels for template in templates]
-        per_prompt = self.embed(prompts, progress=len(prompts) > PROGRESS_FROM)  # (L * templates, P)
-        per_prompt = per_prompt.reshape(len(labels), len(templates), -1)  # (L, templates, P)
-        vectors = torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)  # (L, P)
+        step = max(1, PROMPTS_AT_ONCE // len(templates))  # labels per pass: memory bounded by the prompts in it
+        parts = []
+        for start in tqdm(range(0, len(labels), step), desc="label embeddings", unit="part", file=sys.stderr,
+                          disable=len(labels) * len(templates) <= PROGRESS_FROM, dynamic_ncols=True, leave=False):
+            names = labels[start:start + step]
+            prompts = [template.format(label) for label in names for template in templates]
+            per_prompt = self.embed(prompts).reshape(len(names), len(templates), -1)  # (l, templates, P)
+            parts.append(torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1))  # (l, P)
+        vectors = torch.cat(parts)  # (L, P)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_tensors({"labels": vectors}, target)
