@@ -337,3 +337,10 @@ def test_label_embeddings_in_bounded_passes_equal_one_pass(trained, monkeypatch)
     want = torch.nn.functional.normalize(prompts.mean(dim=1), dim=-1)  # the definition, in one pass
     monkeypatch.setattr(image_text, "PROMPTS_AT_ONCE", 7)  # two labels (six prompts) per pass
     assert (text.label_embeddings(labels, templates) - want).abs().max().item() <= 1e-6
+
+
+def test_info_describes_both_towers(trained, capsys):
+    assert main(["info", str(trained["siglip"])]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["family"] == "siglip" and info["text"]["tokenizer"] == "siglip"
+    assert info["text"]["config"]["logit_bias"] and info["text"]["context_length"] == 16

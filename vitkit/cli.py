@@ -444,11 +444,17 @@ def _cmd_export_text(args) -> int:
 def _cmd_info(args) -> int:
     from vitkit.api import load
 
+    from vitkit.image_text import text_tower_of
+
     model = load(args.source, args.arch, device="cpu")
     labels = model.labels
+    text = text_tower_of(model) if model.layout != "onnx" else None
     print(json.dumps({"source": model.source, "layout": model.layout, "config": model.config.to_dict() | {
         "labels": list(labels[:5]) + (["..."] if len(labels) > 5 else [])},
-        "preprocess": model.spec.to_dict(), "parameters": sum(t.numel() for t in model.net.state_dict().values())},
+        "preprocess": model.spec.to_dict(), "parameters": sum(t.numel() for t in model.net.state_dict().values()),
+        "text": None if text is None else {"config": text.net.config.to_dict(), "tokenizer": text.tokenizer.kind,
+                                           "context_length": text.tokenizer.context_length,
+                                           "parameters": sum(t.numel() for t in text.net.state_dict().values())}},
         indent=2))
     return 0
 
