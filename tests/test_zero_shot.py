@@ -344,3 +344,25 @@ def test_info_describes_both_towers(trained, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["family"] == "siglip" and info["text"]["tokenizer"] == "siglip"
     assert info["text"]["config"]["logit_bias"] and info["text"]["context_length"] == 16
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--labels", ",, ,"], "no labels given"),
+    (["--labels", "red,blue,red"], "the class names repeat"),
+    (["--labels", "red", "--template", "no slot here"], "exactly one {}"),
+    (["--template", "a {}"], "--template needs --labels"),
+    (["--labels", "x" * 10_001], "more than 10000"),
+    (["--labels", "red", "--labels-file", "x.txt"], "not both"),
+])
+def test_bad_zero_shot_arguments_are_one_line_errors_before_any_model_loads(args, message, tmp_path, capsys):
+    missing = str(tmp_path / "no-such-model")  # never reached: the labels are checked first
+    assert main(["classify", str(tmp_path), "--model", missing, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_labels_file_that_is_not_text_is_refused_by_name(tmp_path, capsys):
+    bad = tmp_path / "labels.txt"
+    bad.write_bytes(b"\xff\xfe\x00\x81 not utf-8")
+    assert main(["classify", str(tmp_path), "--model", str(tmp_path / "m"), "--labels-file", str(bad)]) == 2
+    assert f"{bad}: not UTF-8 text" in capsys.readouterr().err

@@ -301,14 +301,24 @@ def _cmd_models(args) -> int:
     return 0
 
 
-def _zero_shot(args, model, labels=None):
-    """`model` as a zero-shot classifier of the --labels / --labels-file (or `labels`), else `model` itself."""
-    from vitkit.image_text import ZeroShotClassifier, labels_from, load_text
+def _zero_shot_labels(args, from_data: bool = False):
+    """The --labels / --labels-file class names (None: none given), checked before any model is loaded.
+    from_data: the command finds class names in its data when none are given (zero-shot eval)."""
+    from vitkit.image_text import check_templates, labels_from
 
-    labels = labels_from(args.labels, args.labels_file) or labels
-    if labels is None:
-        if args.template:
+    labels = labels_from(args.labels, args.labels_file)
+    if args.template:
+        check_templates(args.template)
+        if labels is None and not from_data:
             raise ValueError("--template needs --labels or --labels-file")
+    return labels
+
+
+def _zero_shot(args, model, labels):
+    """`model` as a zero-shot classifier of `labels`, or `model` itself when there are none."""
+    from vitkit.image_text import ZeroShotClassifier, load_text
+
+    if labels is None:
         return model
     source = args.text_model or args.model
     if source is None:
@@ -320,7 +330,8 @@ def _cmd_classify(args) -> int:
     from vitkit.output import write_rows
     from vitkit.tasks.classify import classify_paths, classify_to_file
 
-    model = _zero_shot(args, _load_for_batch(args))
+    labels = _zero_shot_labels(args)
+    model = _zero_shot(args, _load_for_batch(args), labels)
     if args.output:  # a resumable job, merged into the file at the end
         stats = classify_to_file(model, _inputs(args), args.output, args.top_k, args.format, args.chunk_size,
                                  _loader(args), args.arch)
@@ -397,10 +408,12 @@ def _cmd_zero_shot_eval(args) -> int:
     from vitkit.evaluate import report
     from vitkit.evaluate.zero_shot import class_names, evaluate_zero_shot
 
+    labels = _zero_shot_labels(args, from_data=True)
+    imagenet = False
+    if labels is None:
+        labels, imagenet = class_names(args.data, args.truth)
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
                  dtype=args.dtype)
-    given = args.labels is not None or args.labels_file is not None
-    labels, imagenet = (None, False) if given else class_names(args.data, args.truth)
     classifier = _zero_shot(args, model, labels)
     evaluation = evaluate_zero_shot(classifier, args.data, args.truth, args.layout, args.batch_size, args.workers,
                                     not args.no_progress, args.model, imagenet)

@@ -72,7 +72,15 @@ def labels_from(listed: str | None, file: str | None) -> tuple[str, ...] | None:
         raise ValueError("give --labels or --labels-file, not both")
     if listed is None and file is None:
         return None
-    text = listed if listed is not None else open(file, encoding="utf-8").read()
+    if listed is not None:
+        text = listed
+    else:
+        try:
+            text = open(file, encoding="utf-8").read(MAX_TEXT_CHARS * 1000 + 1)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        if len(text) > MAX_TEXT_CHARS * 1000:
+            raise ValueError(f"{file}: more than {MAX_TEXT_CHARS * 1000} characters of class names")
     names = [name.strip() for name in (text.split(",") if listed is not None else text.splitlines())]
     names = [name for name in names if name]
     if len(set(names)) != len(names):
