@@ -111,6 +111,7 @@ def test_a_corrupt_avif_is_its_own_row_in_every_batch_command(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 4: one job per output
+@pytest.mark.slow
 def test_a_second_job_on_the_same_output_is_refused(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -148,6 +149,7 @@ def test_absurd_configs_are_refused_before_allocating(tmp_path, baseline, config
     assert result["seconds"] < 10 and result["peak_mb"] < baseline["peak_mb"] + BOUND_MB
 
 
+@pytest.mark.slow
 def test_an_image_size_beyond_the_limits_is_refused_at_parse_time(tmp_path):
     result = run_measured(["classify", "x.png", *MODEL, "--image-size", "100000"], tmp_path)
     assert result["rc"] == 2 and "100000 is outside" in result["stderr"]
@@ -305,6 +307,7 @@ def test_settings_checked_against_the_model_before_any_work(tmp_path):
     assert search["rc"] == 2 and "argument --k" in search["stderr"] and "Traceback" not in search["stderr"]
 
 
+@pytest.mark.slow
 def test_every_input_failing_is_a_failure(tmp_path):
     result = run_measured(["classify", tmp_path / "nosuch", *MODEL, "--format", "jsonl"], tmp_path)
     assert result["rc"] == 1 and rows_of(result["stdout"])[0]["error"] == "no such file"
