@@ -124,11 +124,13 @@ class TextEncoder:
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         """Texts -> embeddings (N, P) as float32 on the CPU, L2-normalised unless normalize=False."""
-        texts = check_texts(texts)
-        out = []
-        for start in range(0, len(texts), TEXT_BATCH):
-            ids = self.tokenizer(texts[start:start + TEXT_BATCH])  # (n, context_length)
-            out.append(self.net(self._shortest(ids).to(self.device)).float().cpu())  # (n, P)
+        return self.embed_ids(self.tokenizer(check_texts(texts)), normalize)
+
+    @torch.inference_mode()
+    def embed_ids(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Token ids (N, context_length) from `self.tokenizer` -> embeddings (N, P), in batches of TEXT_BATCH."""
+        out = [self.net(self._shortest(ids[start:start + TEXT_BATCH]).to(self.device)).float().cpu()  # (n, P)
+               for start in range(0, len(ids), TEXT_BATCH)]
         vectors = torch.cat(out)
         return torch.nn.functional.normalize(vectors, dim=-1) if normalize else vectors
 

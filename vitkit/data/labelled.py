@@ -88,6 +88,12 @@ def sort_labels(names: list[str]) -> list[str]:
     return sorted(names)
 
 
+def class_folders(folder: str | Path) -> list[str]:
+    """The names of `folder`'s class sub-folders in index order (hidden and tool folders left out); [] for none."""
+    folder = Path(folder)
+    return sort_labels([p.name for p in _visible_dirs(folder)]) if folder.is_dir() else []
+
+
 def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_DIRS)

@@ -14,6 +14,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from vitkit.data.labelled import class_folders
 from vitkit.evaluate.layouts import LABEL_FILES, VAL_DIRS
 from vitkit.evaluate.run import Evaluation, evaluate_folder
 from vitkit.image_text import ZeroShotClassifier
@@ -29,7 +30,7 @@ def class_names(data: str | Path, truth_file: str | None = None) -> tuple[tuple[
     root = next((root / name for name in VAL_DIRS if (root / name).is_dir()), root)
     if truth_file or any((root / name).is_file() for name in LABEL_FILES):
         return imagenet_1k_clip_names(), True
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    folders = class_folders(root)
     if not folders:
         raise ValueError(f"{data} has no class folders: give the class names with --labels or --labels-file")
     if all(WNID.match(name) for name in folders) or all(name.isdigit() for name in folders):

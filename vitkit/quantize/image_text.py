@@ -27,6 +27,7 @@ import torch
 
 from vitkit.api import Model
 from vitkit.checkpoints.io import write_atomic_bytes
+from vitkit.data.labelled import class_folders
 from vitkit.image_text import TextEncoder, check_templates, default_templates
 from vitkit.onnx.format import PRE_LOGITS
 from vitkit.onnx.graph import graph_bytes
@@ -40,13 +41,6 @@ from vitkit.quantize.recipe import default_recipe
 from vitkit.quantize.report import QuantizationReport
 
 CHUNK = 64  # images (or prompts) per onnxruntime call
-
-
-def _class_names(folder: Path) -> list[str]:
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if not names:
-        raise ValueError(f"{folder} has no class sub-folders: give the class names (labels=...)")
-    return names
 
 
 def _run(session: Session, inputs: torch.Tensor, output: str) -> torch.Tensor:
@@ -77,7 +71,9 @@ def quantize_image_text(model: Model, text: TextEncoder, eval_folder: str, out: 
     started = time.perf_counter()
     templates = check_templates(templates) if templates is not None else default_templates()
     folder = Path(eval_folder)
-    labels = list(labels) if labels is not None else _class_names(folder)
+    labels = list(labels) if labels is not None else class_folders(folder)
+    if not labels:
+        raise ValueError(f"{folder} has no class sub-folders: give the class names (labels=...)")
     ev = eval_set(folder, tuple(labels))
     spec, net = model.spec, model.net
     report = QuantizationReport(model=str(model.source), method="dynamic", image_size=spec.input_size)

@@ -143,9 +143,9 @@ async def _embed_texts(service: Service, texts: list[str]) -> tuple[torch.Tensor
 
     def run():
         with service.text_lock:
-            ids = text.tokenizer(texts)  # (N, context_length)
+            ids = text.tokenizer(texts)  # (N, context_length), tokenized once for the vectors and the count
             ends = (ids == text.tokenizer.eos_id).int().argmax(dim=-1) + 1  # tokens up to the first end token
-            return text.embed(texts), int(ends.sum())
+            return text.embed_ids(ids), int(ends.sum())
 
     try:
         async with asyncio.timeout(service.limits.timeout_s):
