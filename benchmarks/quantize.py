@@ -37,9 +37,9 @@ import vitkit  # noqa: E402
 from vitkit.checkpoints.io import write_atomic_text  # noqa: E402
 from vitkit.onnx.format import LOGITS  # noqa: E402
 from vitkit.quantize import RECIPES, markdown, quantize  # noqa: E402
-from vitkit.quantize.build import build_int8  # noqa: E402
+from vitkit.int8.build import build_int8  # noqa: E402
 from vitkit.quantize.data import calibration_pixels  # noqa: E402
-from vitkit.quantize.onnx_int8 import fp32_graph  # noqa: E402
+from vitkit.int8.onnx_int8 import fp32_graph  # noqa: E402
 from vitkit.onnx.session import Session  # noqa: E402
 from vitkit.quantize.report import compare, measure_speed, transformers_runner  # noqa: E402
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitkit"
 FLOORS = {
-    0: {"config", "limits", "arguments", "labels", "output", "plotting", "version", "assets", "cache"},
+    0: {"config", "limits", "arguments", "labels", "output", "plotting", "version", "assets", "cache", "choices"},
     1: {"models"},
     2: {"data", "checkpoints"},
-    3: {"onnx"},
+    3: {"onnx", "int8"},
     4: {"api", "image_text", "runtime"},
     5: {"batch", "embedding_files"},
     6: {"tasks", "train", "evaluate", "quantize", "explain", "index", "service"},
@@ -62,3 +62,28 @@ def test_no_import_climbs_and_no_feature_imports_another():
             sideways.append(f"{where}: {source} imports {target}")
     assert not upward, "\n".join(upward)
     assert not sideways, "\n".join(sideways)
+
+
+def test_the_command_line_parses_and_lists_models_without_torch():
+    """`vitkit --help`, every command's --help and `vitkit models` import neither torch nor numpy (torch alone takes
+    ~1.5 s to import): what they need lives in torch-free modules (vitkit.choices, the feature packages' lazy
+    __init__). Run in a fresh interpreter, so that nothing this test process imported counts."""
+    import subprocess
+    import sys
+
+    script = (
+        "import contextlib, io, sys\n"
+        "from vitkit.cli import _parser, main\n"
+        "parser = _parser()\n"
+        "for command in parser._subparsers._group_actions[0].choices:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        parser.parse_args([command, '--help'])\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    assert main(['models']) == 0\n"
+        "assert 'deit_tiny_patch16_224' in out.getvalue()\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

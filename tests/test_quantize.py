@@ -30,13 +30,13 @@ from vitkit.quantize import (  # noqa: E402
     RECIPES, QuantizationRefused, QuantizeError, Recipe, markdown, quantize, read_quantization,
 )
 from vitkit.quantize import pipeline  # noqa: E402
-from vitkit.quantize.build import build_int8  # noqa: E402
+from vitkit.int8.build import build_int8  # noqa: E402
 from vitkit.quantize.data import calibration_pixels, eval_set  # noqa: E402
-from vitkit.quantize.fused import can_fuse, fused_graph  # noqa: E402
-from vitkit.quantize.onnx_int8 import fp32_graph, site_nodes  # noqa: E402
-from vitkit.quantize.recipe import quantized_sites, sites  # noqa: E402
+from vitkit.int8.fused import can_fuse, fused_graph  # noqa: E402
+from vitkit.int8.onnx_int8 import fp32_graph, site_nodes  # noqa: E402
+from vitkit.int8.recipe import quantized_sites, sites  # noqa: E402
 from vitkit.onnx.session import Session  # noqa: E402
-from vitkit.quantize.smooth import activation_absmax, smooth, smoothing_scales  # noqa: E402
+from vitkit.int8.smooth import activation_absmax, smooth, smoothing_scales  # noqa: E402
 
 from conftest import SHARED, randomise_  # noqa: E402
 

@@ -11,19 +11,19 @@ checkpoint parity.
     vitkit.ZeroShotClassifier(vitkit.load("openai/clip-vit-base-patch32"), text, ["cat", "dog"]).classify("cat.jpg")
 """
 
-from vitkit.api import Model, Prediction, load
 from vitkit.version import VERSION
 
 __all__ = ["Model", "Prediction", "TextEncoder", "ZeroShotClassifier", "classify_to_file", "embed_to_file", "load",
            "load_text"]
 __version__ = VERSION
 
-_LAZY = {"classify_to_file": "vitkit.tasks.classify", "embed_to_file": "vitkit.tasks.embed",
+_LAZY = {"Model": "vitkit.api", "Prediction": "vitkit.api", "load": "vitkit.api",
+         "classify_to_file": "vitkit.tasks.classify", "embed_to_file": "vitkit.tasks.embed",
          "load_text": "vitkit.image_text", "TextEncoder": "vitkit.image_text", "ZeroShotClassifier": "vitkit.image_text"}
 
 
 def __getattr__(name: str):
-    """The batch-job functions and the text side, imported on first use (`import vitkit` stays light)."""
+    """Everything, imported on first use: `import vitkit` (and so `vitkit --help`) does not import torch."""
     if name in _LAZY:
         import importlib
 

@@ -21,7 +21,7 @@ from vitkit.config import PreprocessSpec, ViTConfig
 from vitkit.data.decode import decode_image
 from vitkit.data.transforms import preprocess_batch
 from vitkit.limits import check_tokens
-from vitkit.models.vit import POOLS, VECTOR_POOLS  # noqa: F401  (VECTOR_POOLS: re-exported for the features)
+from vitkit.choices import POOLS, PRECISIONS, VECTOR_POOLS  # noqa: F401  (VECTOR_POOLS: re-exported)
 
 ImageInput = Image.Image | str | Path | bytes
 
@@ -50,18 +50,53 @@ class Model:
     """A loaded network with its preprocessing, on one device, in inference mode."""
 
     def __init__(self, loaded: Loaded, device: str | None = "cpu", image_size: int | None = None,
-                 backend: str | None = None, dtype: str | None = None):
+                 backend: str | None = None, dtype: str | None = None, precision: str = "exact",
+                 batch_size: int = 16, calibration: list[ImageInput] | None = None, log=None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+        if precision == "fast" and (backend not in (None, "auto") or dtype not in (None, "auto")):
+            raise ValueError("precision 'fast' (--fast) chooses the backend and dtype itself: drop --backend/--dtype")
         self.device = resolve_device(device)
         self.net = loaded.net.to(self.device).eval()
         self.spec: PreprocessSpec = loaded.preprocess.at_size(image_size or loaded.preprocess.input_size)
         check_tokens(self.spec.input_size, loaded.net.config.patch_size, "--image-size")
-        if backend or dtype:  # a fast inference network (vitkit.runtime); without them it stays trainable
+        self.source = loaded.source
+        self.layout = loaded.layout
+        self.fast = None  # precision "fast": the FastChoice (what was chosen, and what every candidate measured)
+        if precision == "fast" and self.layout != "onnx":
+            from vitkit.runtime.fast import choose
+
+            say = log or (lambda line: None)
+            self.net, self.fast = choose(self.net, self.spec, self.device, batch_size, self.default_pool,
+                                         lambda: self._calibration(calibration), self.source, say)
+            say(self.fast.summary())
+        elif backend or dtype:  # a fast inference network (vitkit.runtime); without them it stays trainable
             from vitkit.runtime import inference_network
 
             self.net = inference_network(self.net, self.spec, backend or "auto", dtype or "auto", self.device,
                                          loaded.source)
-        self.source = loaded.source
-        self.layout = loaded.layout
+
+    def _calibration(self, images: list[ImageInput] | None) -> tuple[torch.Tensor, str]:
+        """Pixels to check a fast runtime on: the first of `images` (files, folders, globs, PIL, bytes) that decode,
+        else a generated set."""
+        from vitkit.data.calibration import CALIBRATION_KIND, calibration_images
+        from vitkit.data.sources import expand_inputs
+        from vitkit.runtime.fast import CALIBRATION_INPUTS
+
+        given = []
+        for image in images or []:
+            given.extend(expand_inputs([str(image)]) if isinstance(image, (str, Path)) else [image])
+        decoded = []
+        for image in given:
+            if len(decoded) == CALIBRATION_INPUTS:
+                break
+            try:
+                decoded.append(image if isinstance(image, Image.Image) else decode_image(image))
+            except Exception:  # noqa: BLE001  (an undecodable calibration image is left out, as the job will)
+                continue
+        if decoded:
+            return preprocess_batch(decoded, self.spec), "of the given images"
+        return preprocess_batch(calibration_images(CALIBRATION_INPUTS), self.spec), CALIBRATION_KIND
 
     @property
     def config(self) -> ViTConfig:
@@ -79,10 +114,19 @@ class Model:
         return self.net.config.labels
 
     @property
+    def runtime(self) -> str:
+        """What computes the outputs: "exact" (the plain fp32 network or its packed fp32 form, within ~1e-5), else
+        the backend and dtype ("eager bf16", "onnx int8", ...)."""
+        info = getattr(self.net, "runtime", None)
+        if info is None or (info.dtype == "fp32" and info.backend in ("eager", "compile")):
+            return "exact"
+        return f"{info.backend} {info.dtype}"
+
+    @property
     def job_settings(self) -> dict:
-        """What a batch job's rows depend on besides the model's source and input size (nothing, for a plain
-        model; a zero-shot classifier adds its label set)."""
-        return {}
+        """What a batch job's rows depend on besides the model's source and input size: the runtime when it is not
+        exact fp32 (a job is never resumed in another precision), and a zero-shot classifier's label set."""
+        return {} if self.runtime == "exact" else {"runtime": self.runtime}
 
     def preprocess(self, images: ImageInput | list[ImageInput]) -> torch.Tensor:
         """Images (PIL, paths or encoded bytes) -> (B, 3, H, W) float32 on the CPU."""
@@ -167,14 +211,21 @@ class Model:
 
 
 def load(model: str | None = None, arch: str | None = None, *, image_size: int | None = None,
-         device: str | None = "cpu", backend: str | None = None, dtype: str | None = None, **runtime) -> Model:
+         device: str | None = "cpu", backend: str | None = None, dtype: str | None = None, precision: str = "exact",
+         batch_size: int = 16, calibration: list[ImageInput] | None = None, log=None, **runtime) -> Model:
     """Load a registry name, hub id, local folder or weights file (with `arch` when it carries no
     config; `arch` alone gives random weights). `image_size` runs the model at another resolution.
     backend/dtype ("auto", "eager", "compile"; "fp32", "bf16", "fp16") give a fast inference-only
-    network (see vitkit.runtime); without them the network is the plain, trainable one."""
+    network (see vitkit.runtime); without them the network is the plain, trainable one.
+
+    precision="fast": the fastest runtime here whose top-1 agreement with fp32 is >= 99% and embedding cosine
+    >= 0.999 on `calibration` (images; default: a generated set), measured at `batch_size`, cached per model and
+    machine (vitkit.runtime.fast); `model.fast` says what was chosen and why. `log`: a function that gets its
+    progress lines (e.g. print)."""
     from vitkit.runtime.onnx_backend import is_onnx_file, load_onnx
 
     if is_onnx_file(model):  # graph, preprocessing and labels all come from the file
         return Model(load_onnx(model, device=resolve_device(device), image_size=image_size), device=device)
     loaded = load_network(model, arch, **runtime)
-    return Model(loaded, device=device, image_size=image_size, backend=backend, dtype=dtype)
+    return Model(loaded, device=device, image_size=image_size, backend=backend, dtype=dtype, precision=precision,
+                 batch_size=batch_size, calibration=calibration, log=log)

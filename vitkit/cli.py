@@ -14,13 +14,10 @@ import re
 import sys
 
 from vitkit import arguments as A
-from vitkit.api import POOLS
-from vitkit.checkpoints.io import CheckpointError
-from vitkit.checkpoints.save import FORMATS as SAVE_FORMATS
-from vitkit.data.decode import DEFAULT_MAX_PIXELS
+from vitkit.limits import MAX_PIXELS
+from vitkit.choices import BACKENDS, DTYPES, POOLS, SAVE_FORMATS
 from vitkit.evaluate.layouts import LAYOUTS
 from vitkit.output import FORMATS as OUTPUT_FORMATS
-from vitkit.runtime import BACKENDS, DTYPES
 from vitkit.train import config as train_config
 
 
@@ -38,6 +35,13 @@ def _runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="fp32 (default on CPU: exact), bf16 (several times faster on CPUs with bf16/AMX, "
                              "~99-100%% top-1 agreement), fp16 (GPU)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the fastest runtime on this machine (fp32 packed, bf16, INT8, ...) whose top-1 agreement "
+                             "with fp32 is >= 99%% and embedding cosine >= 0.999 on check images; measured once per "
+                             "model and machine, then cached (see `vitkit doctor`)")
+    parser.add_argument("--fast-images", nargs="+", metavar="PATH",
+                        help="images to check --fast's candidates on (default: the job's first 32 inputs, or a "
+                             "generated set)")
 
 
 def _batch_args(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +53,7 @@ def _batch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=A.WORKERS, default=1, help="decode processes beside the model (0: inline)")
     parser.add_argument("--chunk-size", type=A.CHUNK, default=256,
                         help="inputs per resumable part of a job with --output (a multiple of --batch-size)")
-    parser.add_argument("--max-pixels", type=A.PIXELS, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=A.PIXELS, default=MAX_PIXELS,
                         help="refuse larger images (decompression-bomb guard)")
     parser.add_argument("--fast-decode", action="store_true",
                         help="JPEG reduce-on-decode: much faster on large photos, slightly different pixels")
@@ -183,6 +187,11 @@ def _parser() -> argparse.ArgumentParser:
                               "safetensors: vitkit file with config inside; jax: .npz; onnx: dynamic-batch graph")
     convert.add_argument("--out", required=True)
 
+    doctor = sub.add_parser("doctor", help="this machine: CPU, GPU, measured GEMM peaks, and what --fast can "
+                            "choose here and why")
+    doctor.add_argument("--refresh", action="store_true", help="measure the GEMM peaks again")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+
     info = sub.add_parser("info", help="what a model is: config, preprocessing, labels")
     info.add_argument("source", metavar="SRC")
     info.add_argument("--arch")
@@ -234,16 +243,16 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected block indices like -1,-4, got {text!r}") from err
 
 
-def _load_for_batch(args):
-    """The model for a batch command, on this rank's device when started by torchrun."""
+def _load_for_batch(args, inputs: list[str]):
+    """The model for a batch command over `inputs`, on this rank's device when started by torchrun."""
     from vitkit.api import load
     from vitkit.batch import distributed
     from vitkit.batch.job import check_output
 
     device = distributed.init_from_env(args.device) or args.device
     check_output(getattr(args, "output", None), args.chunk_size, args.batch_size)
-    model = load(args.model, args.arch, image_size=args.image_size, device=device, backend=args.backend,
-                 dtype=args.dtype)
+    model = load(args.model, args.arch, image_size=args.image_size, device=device,
+                 **A.runtime_options(args, inputs))
     if args.model is None:
         print(f"warning: {model.source}: outputs are meaningless", file=sys.stderr)
     return model
@@ -331,12 +340,13 @@ def _cmd_classify(args) -> int:
     from vitkit.tasks.classify import classify_paths, classify_to_file
 
     labels = _zero_shot_labels(args)
-    model = _zero_shot(args, _load_for_batch(args), labels)
+    inputs = _inputs(args)
+    model = _zero_shot(args, _load_for_batch(args, inputs), labels)
     if args.output:  # a resumable job, merged into the file at the end
-        stats = classify_to_file(model, _inputs(args), args.output, args.top_k, args.format, args.chunk_size,
+        stats = classify_to_file(model, inputs, args.output, args.top_k, args.format, args.chunk_size,
                                  _loader(args), args.arch)
         return _exit_code(stats.processed, stats.errors)
-    rows = classify_paths(model, _inputs(args), args.top_k, _loader(args))
+    rows = classify_paths(model, inputs, args.top_k, _loader(args))
     count, errors = write_rows(rows, args.format, sys.stdout, args.top_k)
     if errors and errors < count:
         print(f"{errors} of {count} inputs could not be classified (see their error field)", file=sys.stderr)
@@ -348,29 +358,33 @@ def _cmd_embed(args) -> int:
     from vitkit.tasks.embed import embed_to_file
 
     check_suffix(args.output)
-    model = _load_for_batch(args)
-    stats = embed_to_file(model, _inputs(args), args.output, args.pool, args.layers, args.normalize, args.chunk_size,
+    inputs = _inputs(args)
+    model = _load_for_batch(args, inputs)
+    stats = embed_to_file(model, inputs, args.output, args.pool, args.layers, args.normalize, args.chunk_size,
                           _loader(args), args.arch)
     return _exit_code(stats.processed, stats.errors)
 
 
 def _cmd_bench(args) -> int:
     from vitkit.api import load
-    from vitkit.tasks.bench import bench_end_to_end, bench_model
+    from vitkit.tasks.bench import bench_end_to_end, bench_model, with_peak_fraction
 
-    model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
-                 dtype=args.dtype)
+    model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
+                 **A.runtime_options(args, [args.e2e] if args.e2e else None))
     if args.e2e:
         result = bench_end_to_end(model, args.e2e, args.batch_size, args.workers, draft=args.fast_decode)
     else:
         result = bench_model(model, args.batch_size, backend=None, warmup=args.warmup, iters=args.iters)
+    result = with_peak_fraction(result, model.config, model.spec.input_size)
     result["model"] = model.source
     if args.json:
         print(json.dumps(result))
     else:
+        peak = (f", {result['gflop_s']:.0f} GFLOP/s = {100 * result['peak_fraction']:.0f}% of this machine's "
+                f"{result['dtype']} GEMM peak ({result['peak_gflop_s']:.0f})" if result["peak_fraction"] else "")
         print(f"{model.source}: {result['img_s']:.1f} img/s, {result['ms_p50']:.1f} ms p50, {result['ms_p95']:.1f} ms "
               f"p95 per batch of {result['batch_size']}, peak RSS {result['peak_rss_mb']:.0f} MB "
-              f"({result['backend']} {result['dtype']})")
+              f"({result['backend']} {result['dtype']}){peak}")
     return 0
 
 
@@ -388,8 +402,8 @@ def _cmd_eval(args) -> int:
     from vitkit.evaluate import report
     from vitkit.evaluate.run import evaluate_folder, published_protocol
 
-    model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
-                 dtype=args.dtype)
+    model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
+                 **A.runtime_options(args, [args.data]))
     if args.protocol == "published":
         model.spec = published_protocol(model.spec, args.model, args.arch)
     if args.crop_pct:
@@ -412,8 +426,8 @@ def _cmd_zero_shot_eval(args) -> int:
     imagenet = False
     if labels is None:
         labels, imagenet = class_names(args.data, args.truth)
-    model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
-                 dtype=args.dtype)
+    model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
+                 **A.runtime_options(args, [args.data]))
     classifier = _zero_shot(args, model, labels)
     evaluation = evaluate_zero_shot(classifier, args.data, args.truth, args.layout, args.batch_size, args.workers,
                                     not args.no_progress, args.model, imagenet)
@@ -454,6 +468,14 @@ def _cmd_export_text(args) -> int:
     return 0
 
 
+def _cmd_doctor(args) -> int:
+    from vitkit.tasks import doctor
+
+    found = doctor.report(args.refresh)
+    print(json.dumps(found, indent=2) if args.json else doctor.text(found))
+    return 0
+
+
 def _cmd_info(args) -> int:
     from vitkit.api import load
 
@@ -474,7 +496,7 @@ def _cmd_info(args) -> int:
 
 COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embed, "bench": _cmd_bench,
             "finetune": _cmd_finetune, "eval": _cmd_eval, "convert": _cmd_convert, "export": _cmd_export,
-            "info": _cmd_info}
+            "info": _cmd_info, "doctor": _cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `vitkit ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (CheckpointError, OSError, KeyError, ValueError, RuntimeError, NotImplementedError) as err:
+    except (OSError, KeyError, ValueError, RuntimeError, NotImplementedError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"vitkit {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -507,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted (a job with --output resumes where it stopped when run again)", file=sys.stderr)
         return 130
     finally:
-        from vitkit.batch import distributed
+        if "torch.distributed" in sys.modules:  # only a command that imported torch can have joined a group
+            from vitkit.batch import distributed
 
-        distributed.shutdown()
+            distributed.shutdown()

@@ -243,7 +243,7 @@ class ZeroShotClassifier:
         """What a job's rows depend on beyond the image model: the text tower, the labels and the templates."""
         digest = hashlib.blake2b(json.dumps([self.text.fingerprint, self.labels, self.templates]).encode(),
                                  digest_size=8).hexdigest()
-        return {"zero_shot_labels": digest}
+        return {**self.model.job_settings, "zero_shot_labels": digest}
 
     def preprocess(self, images) -> torch.Tensor:
         return self.model.preprocess(images)

@@ -82,20 +82,31 @@ class Job:
         except Timeout:
             raise RuntimeError(f"another job is writing {self.output} now (its parts folder {self.parts} is "
                                "locked): wait for it to finish, or choose another --output") from None
+        try:
+            if self._resumes():
+                return
+        except RuntimeError:
+            self.release()  # refused: the lock goes too, so this process can run another job on this output
+            raise
+        tmp = atomic_path(self.parts / "job.json")
+        tmp.write_text(json.dumps(self.fingerprint, sort_keys=True))
+        publish(tmp, self.parts / "job.json")
+
+    def _resumes(self) -> bool:
+        """True when the parts folder holds this same job (resume it); False when it holds none; RuntimeError when
+        it holds another job's parts."""
         manifest = self.parts / "job.json"
         if not manifest.is_file() and self.done():
             raise RuntimeError(f"{self.parts} holds parts without a job.json, so whose they are is unknown: "
                                "delete that folder to start over, or choose another --output")
-        if manifest.is_file():
-            found = json.loads(manifest.read_text())
-            if found != self.fingerprint:
-                changed = sorted(k for k in set(found) | set(self.fingerprint) if found.get(k) != self.fingerprint.get(k))
-                raise RuntimeError(f"{self.parts} holds an unfinished job with other {', '.join(changed)}: "
-                                   "delete that folder to start over, or choose another --output")
-            return
-        tmp = atomic_path(manifest)
-        tmp.write_text(json.dumps(self.fingerprint, sort_keys=True))
-        publish(tmp, manifest)
+        if not manifest.is_file():
+            return False
+        found = json.loads(manifest.read_text())
+        if found != self.fingerprint:
+            changed = sorted(k for k in set(found) | set(self.fingerprint) if found.get(k) != self.fingerprint.get(k))
+            raise RuntimeError(f"{self.parts} holds an unfinished job with other {', '.join(changed)}: "
+                               "delete that folder to start over, or choose another --output")
+        return True
 
     def done(self) -> set[int]:
         return {int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.safetensors")}

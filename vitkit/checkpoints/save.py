@@ -17,11 +17,12 @@ from vitkit.checkpoints.io import CheckpointError, write_atomic_text, write_tens
 from vitkit.checkpoints.layouts import JAX_KEYMAP, hf_keymap, timm_keymap
 from vitkit.checkpoints.text_config import text_config_to_hf
 from vitkit.checkpoints.text_layouts import hf_text_keymap
+from vitkit.choices import SAVE_FORMATS
 from vitkit.config import RUNTIME_FIELDS, PreprocessSpec, ViTConfig
 from vitkit.models.text import TextTransformer
 from vitkit.models.vit import VisionTransformer
 
-FORMATS = ("hf", "timm", "safetensors", "jax")
+FORMATS = SAVE_FORMATS
 JAX_PLAIN_FIELDS = ("class_token", "dist_token", "reg_tokens", "class_pos_embed", "abs_pos_embed", "rel_pos_bias",
                     "qkv_bias", "layer_scale_init", "patch_bias", "pre_norm", "act", "pool", "fc_norm", "proj_dim")
 

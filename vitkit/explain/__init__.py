@@ -6,8 +6,16 @@ Try it:  vitkit explain ../shared/images/imagenet-sample-100/n01440764_tench.JPE
            --model ../shared/weights/deit-tiny-patch16-224/model.safetensors --out explained/
 """
 
-from vitkit.explain.explanation import Explanation, Failed, explain, explain_pixels, seen_image
-from vitkit.explain.maps import HEAD_FUSIONS, METHODS, READOUTS, MapSpec, patch_map, rollout
+import importlib
 
-__all__ = ["HEAD_FUSIONS", "METHODS", "READOUTS", "Explanation", "Failed", "MapSpec", "explain", "explain_pixels",
-           "patch_map", "rollout", "seen_image"]
+_WHERE = {"Explanation": "explanation", "Failed": "explanation", "explain": "explanation",
+          "explain_pixels": "explanation", "seen_image": "explanation", "MapSpec": "maps", "patch_map": "maps",
+          "rollout": "maps", "HEAD_FUSIONS": "options", "METHODS": "options", "READOUTS": "options"}
+__all__ = tuple(sorted(_WHERE))
+
+
+def __getattr__(name: str):
+    """Names imported on first use, so that `vitkit.explain.cli` (loaded by every `vitkit` command) stays light."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'vitkit.explain' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"vitkit.explain.{_WHERE[name]}"), name)

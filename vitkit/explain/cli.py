@@ -11,9 +11,8 @@ import argparse
 import sys
 
 from vitkit import arguments as A
-from vitkit.data.decode import DEFAULT_MAX_PIXELS
-from vitkit.explain.maps import HEAD_FUSIONS, METHODS, READOUTS
-from vitkit.explain.sheet import COLUMNS
+from vitkit.limits import MAX_PIXELS
+from vitkit.explain.options import COLUMNS, HEAD_FUSIONS, METHODS, READOUTS
 
 def add_commands(sub, model_args, runtime_args) -> None:
     parser = sub.add_parser("explain", help="attention rollout / attention maps as overlay PNGs (+ contact sheet)")
@@ -35,7 +34,7 @@ def add_commands(sub, model_args, runtime_args) -> None:
     parser.add_argument("--columns", type=A.int_in(1, 100), default=COLUMNS, help="contact sheet tiles per row")
     parser.add_argument("--batch-size", type=A.BATCH, default=4)
     parser.add_argument("--workers", type=A.WORKERS, default=1, help="decode processes beside the model (0: inline)")
-    parser.add_argument("--max-pixels", type=A.PIXELS, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=A.PIXELS, default=MAX_PIXELS,
                         help="refuse larger images (decompression-bomb guard)")
     parser.add_argument("--fast-decode", action="store_true", help="JPEG reduce-on-decode (slightly different pixels)")
     parser.add_argument("--no-progress", action="store_true")
@@ -53,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.paths)
     if not paths:
         raise ValueError(f"no images found in {' '.join(args.paths)}")
+    if args.fast:
+        raise ValueError("--fast is not for explain: attention maps come from the PyTorch network (use --dtype)")
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
                  dtype=args.dtype)
     if args.model is None:

@@ -25,13 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from vitkit.config import ViTConfig
+from vitkit.explain.options import HEAD_FUSIONS, METHODS, READOUTS
 
-METHODS = ("rollout", "attention")
-HEAD_FUSIONS = ("mean", "max", "min")
-# auto: the rows the classifier reads: the class token (ViT, DeiT); the mean of the class and distillation
-# tokens for distilled DeiT (its two heads are averaged); the mean of the patch tokens for mean-pooled
-# models (BEiT). cls / dist / patches pick one of those explicitly.
-READOUTS = ("auto", "cls", "dist", "patches")
 
 
 def fuse_heads(weights: torch.Tensor, fusion: str = "mean", head: int | None = None) -> torch.Tensor:

@@ -16,10 +16,10 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from vitkit.explain.explanation import Explanation, Failed
+from vitkit.explain.options import COLUMNS, ROWS
 from vitkit.explain.overlay import BACKGROUND, INK, MUTED, blend, fit, font, save_png
 
 TILE = 192  # overlay side in pixels
-COLUMNS, ROWS = 10, 10  # tiles per page
 CAPTION = 36  # pixels under each tile: file name, top-1 label and score
 GAP = 6
 ERROR_FILL = (236, 236, 236)

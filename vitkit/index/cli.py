@@ -12,8 +12,8 @@ import json
 import sys
 
 from vitkit import arguments as A
-from vitkit.data.decode import DEFAULT_MAX_PIXELS
-from vitkit.api import VECTOR_POOLS
+from vitkit.limits import MAX_PIXELS
+from vitkit.choices import VECTOR_POOLS
 
 FORMATS = ("table", "jsonl")
 
@@ -93,7 +93,7 @@ def _model_options(parser, model_args, runtime_args) -> None:
 def _loader_options(parser) -> None:
     parser.add_argument("--batch-size", type=A.BATCH, default=32)
     parser.add_argument("--workers", type=A.WORKERS, default=1, help="decode processes beside the model (0: inline)")
-    parser.add_argument("--max-pixels", type=A.PIXELS, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=A.PIXELS, default=MAX_PIXELS,
                         help="refuse larger images (decompression-bomb guard)")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -102,7 +102,7 @@ def _load(args, meta=None):
     """The model of --model/--arch, else the one recorded in the index's metadata."""
     from vitkit.api import load
 
-    options = {"device": args.device, "backend": args.backend, "dtype": args.dtype}
+    options = {"device": args.device, **A.runtime_options(args, getattr(args, "paths", None))}
     if args.model or args.arch:
         return load(args.model, args.arch, image_size=args.image_size, **options)
     if meta is None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vitkit.choices import POOLS, VECTOR_POOLS  # noqa: F401  (both: part of this module's interface)
 from vitkit.config import ViTConfig
 from vitkit.models.layers import AttentionPool, Block, PatchEmbed, init_linear_layers
 from vitkit.models.pos_embed import RelativePositionBias, SizeCache, resample_abs_pos_embed
@@ -27,8 +28,6 @@ from vitkit.models.rope import rope_tables
 
 
 # how one image's tokens become an embedding (see VisionTransformer.pool); the vector ones are what an index stores
-POOLS = ("cls", "mean", "cls_mean", "tokens", "prelogits")
-VECTOR_POOLS = ("cls", "mean", "cls_mean", "prelogits")
 
 
 def layer_id(name: str, depth: int) -> int:

@@ -9,11 +9,8 @@ int8 weights per output channel, the patch embedding and the first block in floa
 into the LayerNorms and v, one fused onnxruntime Attention node per block; LayerNorm, softmax and its inputs, and
 GELU always in float.
 
-    recipe.py      Recipe (frozen), the named steps (RECIPES), the quantizable layers ("sites")
-    smooth.py      SmoothQuant scales and their folding into the network
-    fused.py       the fp32 graph with com.microsoft.Attention nodes
-    onnx_int8.py   onnxruntime quantization of the chosen nodes; metadata
-    build.py       network + recipe + calibration pixels -> INT8 graph
+    vitkit.int8    the INT8 graph itself (recipe, SmoothQuant, fused attention, onnxruntime quantization), a
+                   floor below, so that the runtime's --fast builds it in process too
     data.py        calibration views, labelled evaluation folders
     report.py      QuantizationReport; agreement / accuracy / cosine, speed, markdown
     pipeline.py    quantize(): all of the above plus the accuracy gate and the file
@@ -21,11 +18,18 @@ GELU always in float.
 Try it:  python benchmarks/quantize.py --quick
 """
 
-from vitkit.quantize.onnx_int8 import QuantizeError, read_quantization
-from vitkit.quantize.pipeline import METHODS, QuantizationRefused, quantize
-from vitkit.quantize.recipe import RECIPES, Recipe, default_recipe
-from vitkit.quantize.report import QuantizationReport, markdown
+import importlib
 
-__all__ = ["METHODS", "RECIPES", "QuantizationRefused", "QuantizationReport", "QuantizeError", "Recipe",
-           "default_recipe", "markdown",
-           "quantize", "read_quantization"]
+_WHERE = {"QuantizeError": "vitkit.int8.onnx_int8", "read_quantization": "vitkit.int8.onnx_int8",
+          "METHODS": "vitkit.quantize.pipeline", "QuantizationRefused": "vitkit.quantize.pipeline",
+          "quantize": "vitkit.quantize.pipeline", "RECIPES": "vitkit.int8.recipe", "Recipe": "vitkit.int8.recipe",
+          "default_recipe": "vitkit.int8.recipe", "QuantizationReport": "vitkit.quantize.report",
+          "markdown": "vitkit.quantize.report"}
+__all__ = tuple(sorted(_WHERE))
+
+
+def __getattr__(name: str):
+    """Names imported on first use, so that `vitkit.quantize.cli` (loaded by every `vitkit` command) stays light."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'vitkit.quantize' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

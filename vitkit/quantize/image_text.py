@@ -33,11 +33,11 @@ from vitkit.onnx.format import PRE_LOGITS
 from vitkit.onnx.graph import graph_bytes
 from vitkit.onnx.session import Session
 from vitkit.onnx.text import TEXT_OUTPUT, text_graph_bytes, with_text_metadata
-from vitkit.quantize.build import build_int8
+from vitkit.int8.build import build_int8
 from vitkit.quantize.data import calibration_pixels, eval_set
-from vitkit.quantize.onnx_int8 import META_KEY, add_metadata, quantize_graph
+from vitkit.int8.onnx_int8 import META_KEY, add_metadata, quantize_graph
 from vitkit.quantize.pipeline import QuantizationRefused
-from vitkit.quantize.recipe import default_recipe
+from vitkit.int8.recipe import default_recipe
 from vitkit.quantize.report import QuantizationReport
 
 CHUNK = 64  # images (or prompts) per onnxruntime call

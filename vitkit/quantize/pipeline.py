@@ -5,7 +5,7 @@ accuracy.
 
 1. calibration views of the --calib images (vitkit.quantize.data) that are not evaluation images, when the recipe
    needs them
-2. the INT8 graph (vitkit.quantize.build): SmoothQuant folded in, fused attention, onnxruntime quantization
+2. the INT8 graph (vitkit.int8.build): SmoothQuant folded in, fused attention, onnxruntime quantization
 3. evaluation on --eval: top-1 agreement with the fp32 graph, accuracy of both on the labels, embedding cosine
 4. speed, model only, batch 1: the fp32 graph, the quantized graph and transformers (sdpa, fp32) in the same run
 5. the gate: accuracy drop in points (fp32 - quantized) must be <= max_drop (default 1.0), else QuantizationRefused
@@ -29,10 +29,10 @@ from vitkit.checkpoints.io import write_atomic_bytes, write_atomic_text
 from vitkit.data.sources import expand_inputs
 from vitkit.onnx.graph import graph_bytes
 from vitkit.onnx.session import Session
-from vitkit.quantize.build import build_int8
+from vitkit.int8.build import build_int8
 from vitkit.quantize.data import calibration_pixels, eval_set
-from vitkit.quantize.onnx_int8 import QuantizeError, add_metadata
-from vitkit.quantize.recipe import Recipe, default_recipe
+from vitkit.int8.onnx_int8 import QuantizeError, add_metadata
+from vitkit.int8.recipe import Recipe, default_recipe
 from vitkit.quantize.report import QuantizationReport, compare, markdown, measure_speed, transformers_runner
 
 METHODS = ("dynamic", "static", "fp16")

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from vitkit.choices import BACKENDS, DTYPES
 from vitkit.models.layers import Block
 from vitkit.models.vit import VisionTransformer
 from vitkit.runtime.memory import release_file_pages
@@ -43,8 +44,6 @@ from vitkit.runtime.packed_linear import (
     InferenceBlock, PackedLinear, PackedPatchEmbed, packed_linear, packing_available,
 )
 
-BACKENDS = ("auto", "eager", "compile", "onnx")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

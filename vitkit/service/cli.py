@@ -10,8 +10,8 @@ import os
 import sys
 
 from vitkit import arguments as A
-from vitkit.data.decode import DEFAULT_MAX_PIXELS
-from vitkit.api import VECTOR_POOLS
+from vitkit.limits import MAX_PIXELS
+from vitkit.choices import VECTOR_POOLS
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -37,7 +37,7 @@ def add_commands(sub, model_args, runtime_args) -> None:
     serve.add_argument("--timeout", type=A.SECONDS, default=30.0,
                        help="seconds for a request body to arrive, and again for the model's answer")
     serve.add_argument("--max-upload-mb", type=A.float_in(0.0, 4096.0, low_open=True), default=20.0, help="largest request body")
-    serve.add_argument("--max-pixels", type=A.PIXELS, default=DEFAULT_MAX_PIXELS,
+    serve.add_argument("--max-pixels", type=A.PIXELS, default=MAX_PIXELS,
                        help="refuse larger images (decompression-bomb guard)")
     serve.add_argument("--header-timeout", type=A.SECONDS, default=10.0,
                        help="seconds a client has to send each request's headers (slow clients are dropped)")
@@ -59,8 +59,8 @@ def _cmd_serve(args) -> int:
     from vitkit.service.engine import Engine
     from vitkit.service.routes import Limits
 
-    model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
-                 dtype=args.dtype)
+    model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
+                 **A.runtime_options(args, batch_size=args.max_batch))
     index = _open_index(args.index) if args.index else None
     text = text_tower_of(model, index.meta.pool if index else args.pool) if args.text else None
     engine = Engine(model, args.max_batch, args.max_wait_ms, args.queue_size, args.threads, args.max_pixels,

@@ -94,6 +94,20 @@ def bench_model(model_or_net, batch_size: int = 1, image_size: int | None = None
     return result
 
 
+def with_peak_fraction(result: dict, config, image_size: int) -> dict:
+    """`result` plus the arithmetic rate it implies (gflop_s: img/s x the model's FLOPs per image) and its fraction
+    of this machine's measured GEMM peak for the dtype it ran in (vitkit.runtime.machine; probed once, cached)."""
+    from vitkit.runtime.machine import machine, model_flops
+
+    flops = model_flops(config, image_size)
+    dtype = {"float32": "fp32", "bfloat16": "bf16"}.get(result["dtype"], result["dtype"])
+    here = machine()
+    peak = here.peak(dtype) if result.get("device", "cpu").startswith("cpu") else None
+    gflop_s = result["img_s"] * flops / 1e9
+    return {**result, "gflop_per_image": round(flops / 1e9, 2), "gflop_s": round(gflop_s, 1),
+            "peak_gflop_s": peak, "peak_fraction": round(gflop_s / peak, 3) if peak else None, "cpu": here.cpu}
+
+
 # -- end to end --------------------------------------------------------------------------------------
 def bench_end_to_end(model, folder: str | Path | list[str], batch_size: int = 16, workers: int = 2,
                      draft: bool = False, repeat: int = 1, warmup_batches: int = 1) -> dict:

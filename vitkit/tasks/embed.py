@@ -47,7 +47,8 @@ def embed_to_file(model: Model, paths: list[str], output: str | Path, pool: str 
                          f"(indices {-depth}..{depth - 1})")
     pool = pool or model.default_pool
     shape = model.embedding_shape(pool, layers)
-    settings = {"task": "embed", "arch": arch, "pool": pool, "layers": layers, "normalize": normalize}
+    settings = {"task": "embed", "arch": arch, "pool": pool, "layers": layers, "normalize": normalize,
+                **model.job_settings}
 
     def merge(chunks, tmp: Path) -> None:
         job_settings = {"model": model.source_id, "input_size": model.spec.input_size, **settings}

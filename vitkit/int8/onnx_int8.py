@@ -28,7 +28,7 @@ import torch
 
 from vitkit.config import PreprocessSpec
 from vitkit.models.vit import VisionTransformer
-from vitkit.quantize.recipe import Recipe, sites
+from vitkit.int8.recipe import Recipe, sites
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "Attention")
 META_KEY = "vitkit_quantization"

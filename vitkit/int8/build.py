@@ -1,10 +1,10 @@
 """Network + recipe (+ calibration pixels) -> INT8 ONNX graph bytes, and the fp32 graph it is measured against.
 
     smooth (optional)   per-channel activation max over the calibration pixels -> SmoothQuant scales folded into
-                        a copy of the network (vitkit.quantize.smooth)
+                        a copy of the network (vitkit.int8.smooth)
     export              the fp32 graph of that copy (batch 1 for per-image dynamic INT8, else a dynamic batch), with
-                        one onnxruntime Attention node per block when the recipe fuses attention (vitkit.quantize.fused)
-    quantize            onnxruntime, only the recipe's layers (vitkit.quantize.onnx_int8); in dynamic mode a layer
+                        one onnxruntime Attention node per block when the recipe fuses attention (vitkit.int8.fused)
+    quantize            onnxruntime, only the recipe's layers (vitkit.int8.onnx_int8); in dynamic mode a layer
                         exported as Gemm (the classifier head on pooled features) stays float: onnxruntime's dynamic
                         quantizer has no integer Gemm
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from vitkit.models.vit import VisionTransformer
-from vitkit.quantize.fused import can_fuse, fused_graph
-from vitkit.quantize.onnx_int8 import QuantizeError, fp32_graph, quantize_graph, site_nodes
-from vitkit.quantize.recipe import Recipe, quantized_sites, sites
-from vitkit.quantize.smooth import activation_absmax, smooth, smoothing_scales
+from vitkit.int8.fused import can_fuse, fused_graph
+from vitkit.int8.onnx_int8 import QuantizeError, fp32_graph, quantize_graph, site_nodes
+from vitkit.int8.recipe import Recipe, quantized_sites, sites
+from vitkit.int8.smooth import activation_absmax, smooth, smoothing_scales
 
 
 @dataclass

@@ -10,7 +10,7 @@ A site is one weight GEMM of the network, named by its vitkit module path:
 Everything else (LayerNorm, softmax and its inputs q k^T, the attention-weighted sum, GELU, residual adds, position
 embedding) always stays in float: only weight GEMMs are quantized (DESIGN.md, "Known traps").
 
-Try it:  python -c "from vitkit.quantize.recipe import RECIPES; print(RECIPES['default'])"
+Try it:  python -c "from vitkit.int8.recipe import RECIPES; print(RECIPES['default'])"
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Recipe:
     batch_one     dynamic only: export the graph with batch 1 so that every image gets its own activation ranges
                   (a dynamic-batch graph shares one range across the batch: results would depend on what else is in
                   the batch, and get worse with larger batches).
-    fused_attention  dynamic only, ViT/DeiT: one onnxruntime `Attention` node per block (vitkit.quantize.fused),
+    fused_attention  dynamic only, ViT/DeiT: one onnxruntime `Attention` node per block (vitkit.int8.fused),
                   quantized as `QAttention`; static QDQ cannot quantize that op, so static keeps the portable graph.
     """
 
