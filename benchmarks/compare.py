@@ -51,6 +51,7 @@ DEIT_TINY = SHARED / "weights" / "deit-tiny-patch16-224" / "model.safetensors"
 sys.path.insert(0, str(ROOT))
 import vitkit  # noqa: E402
 from vitkit.runtime import prepare  # noqa: E402
+from vitkit.runtime.machine import machine, model_flops  # noqa: E402
 from vitkit.runtime.measure import peak_rss_mb, reset_peak_rss, wait_quiet  # noqa: E402
 from vitkit.tasks.bench import bench_end_to_end, bench_model  # noqa: E402
 
@@ -88,6 +89,8 @@ class Runtime:
     times: dict = field(default_factory=dict)  # batch size -> [seconds per batch]
     rounds: dict = field(default_factory=dict)  # batch size -> [round median seconds]
     diff: dict = field(default_factory=dict)  # batch size -> max abs logit diff
+    config: object = None  # the network's ViTConfig and input size: its FLOPs per image
+    size: int = 224
 
 
 def build(name: str, make, example: torch.Tensor, runtimes: list[Runtime], skipped: list[str]) -> Runtime | None:
@@ -158,6 +161,40 @@ def vitkit_runtime(net, backend: str | None, dtype: str | None, warmup_batch: in
     return prepared, note
 
 
+def vitkit_onnx_runtime(net, spec, dtype: str):
+    """vitkit's own onnxruntime paths: the exported fp32 graph, or the INT8 graph of the default recipe (SmoothQuant
+    scales from the generated calibration images), as --fast builds them."""
+    from vitkit.runtime.fast import onnx_fp32_network, int8_network
+
+    digest = f"bench-{id(net)}"
+    if dtype == "fp32":
+        onnx_net = onnx_fp32_network(net, spec, digest, "benchmark")
+    else:
+        onnx_net = int8_network(net, spec, digest, calibration_pixels(spec, 32), "benchmark", lambda m: None)
+    return onnx_net, f"{onnx_net.session.get_providers()[0]}, {onnx_net.graph.dynamic_batch and 'dynamic' or '1'} batch"
+
+
+def calibration_pixels(spec, count: int) -> torch.Tensor:
+    from vitkit.data.calibration import calibration_images
+    from vitkit.data.transforms import preprocess_batch
+
+    return preprocess_batch(calibration_images(count), spec)
+
+
+def fast_runtime(net, spec, bs: int, log):
+    """What `--fast` chooses for these (random) weights at batch `bs`, checked on the generated calibration set."""
+    from vitkit.runtime.fast import choose
+
+    chosen, choice = choose(copy.deepcopy(net), spec, torch.device("cpu"), bs, "cls",
+                            lambda: (calibration_pixels(spec, 100), "generated calibration images"), "benchmark", log)
+    log(choice.summary())
+    return chosen, f"chose {choice.runtime}"
+
+
+def peak_dtype(name: str) -> str:
+    return "bf16" if "bf16" in name else "int8" if "INT8" in name or "int8" in name else "fp32"
+
+
 def time_runtimes(runtimes: list[Runtime], x: torch.Tensor, bs: int, rounds: int, iters: int, log) -> int:
     """Interleaved timing rounds; -> how many rounds started on a machine that never became quiet."""
     contended = 0
@@ -182,18 +219,23 @@ def table(runtimes: list[Runtime], bs: int, baseline: str) -> tuple[str, list[di
     base = next((rt for rt in runtimes if rt.name == baseline), None)
     rows, lines = [], [
         f"| runtime (batch {bs}) | img/s | ms p50 | ms p95 | RSS added MB (in-process) | x {baseline} "
-        "| max abs diff | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---|"]
+        "| GFLOP/s | % of peak | max abs diff | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    here, flops = machine(), model_flops(runtimes[0].config, runtimes[0].size) if runtimes else 0
     for rt in runtimes:
         ms = sorted(t * 1000 for t in rt.times[bs])
         p50, p95 = statistics.median(ms), ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
         ratio = (statistics.median(b / t for b, t in zip(base.rounds[bs], rt.rounds[bs])) if base else float("nan"))
+        gflop_s = bs * 1000 / p50 * flops / 1e9
+        peak = here.peak(peak_dtype(rt.name))
         row = dict(runtime=rt.name, batch_size=bs, img_s=round(bs * 1000 / p50, 2), ms_p50=round(p50, 1),
                    ms_p95=round(p95, 1), rss_added_mb=round(rt.mem_mb), ratio=round(ratio, 2),
+                   gflop_s=round(gflop_s, 1), peak_fraction=round(gflop_s / peak, 3) if peak else None,
                    max_abs_diff=rt.diff[bs], note=rt.note)
         rows.append(row)
+        fraction = f"{100 * row['peak_fraction']:.0f}% ({peak_dtype(rt.name)})" if peak else "-"
         lines.append(f"| {rt.name} | {row['img_s']:.2f} | {p50:.1f} | {p95:.1f} | {rt.mem_mb:.0f} | {ratio:.2f}x | "
-                     f"{rt.diff[bs]:.2e} | {rt.note} |")
+                     f"{gflop_s:.0f} | {fraction} | {rt.diff[bs]:.2e} | {rt.note} |")
     return "\n".join(lines), rows
 
 
@@ -221,7 +263,19 @@ def model_mode(args, log) -> list[dict]:
     build("vitkit unprepared fp32", lambda: vitkit_runtime(net, None, None), example, runtimes, skipped)
     build("vitkit eager fp32 (default)", lambda: vitkit_runtime(net, "eager", "fp32"), example, runtimes, skipped)
     build("vitkit eager bf16", lambda: vitkit_runtime(net, "eager", "bf16"), example, runtimes, skipped)
+    build("vitkit onnx fp32", lambda: vitkit_onnx_runtime(net, spec, "fp32"), example, runtimes, skipped)
+    build("vitkit INT8 onnx (default recipe)", lambda: vitkit_onnx_runtime(net, spec, "int8"), example, runtimes,
+          skipped)
+    for rt in runtimes:
+        rt.config, rt.size = net.config, size
     per_batch: dict[int, list[Runtime]] = {bs: list(runtimes) for bs in args.batch_sizes}
+    for bs in args.batch_sizes:  # --fast chooses per batch size
+        rt = build(f"vitkit --fast (batch {bs})", lambda: fast_runtime(net, spec, bs, log), inputs[bs], runtimes,
+                   skipped)
+        if rt is not None:
+            runtimes.remove(rt)
+            rt.config, rt.size = net.config, size
+            per_batch[bs].append(rt)
     if not args.quick:
         for bs in args.batch_sizes:
             for dtype in ("fp32", "bf16"):
@@ -229,6 +283,7 @@ def model_mode(args, log) -> list[dict]:
                            inputs[bs], runtimes, skipped)
                 if rt is not None:
                     runtimes.remove(rt)
+                    rt.config, rt.size = net.config, size
                     per_batch[bs].append(rt)
     results, text = [], []
     for bs in args.batch_sizes:
@@ -271,10 +326,14 @@ def e2e_mode(args, log) -> list[dict]:
         f"{args.workers} workers")
     log("| path | model-only img/s | e2e img/s | e2e / model-only | model busy img/s |")
     log("|---|---:|---:|---:|---:|")
-    for backend, dtype in (("eager", "fp32"), ("eager", "bf16")):
+    for path in ("default fp32", "--fast"):
         model = vitkit.load(arch=args.model)
         randomize(model.net, args.seed)
-        model.net = prepare(model.net, backend, dtype, "cpu")
+        if path == "--fast":
+            model.net, note = fast_runtime(model.net, model.spec, 16, log)
+            path = f"--fast ({note})"
+        else:
+            model.net = prepare(model.net, "eager", "fp32", "cpu")
         ratios = []
         for _ in range(args.e2e_runs):
             wait_quiet()
@@ -283,9 +342,9 @@ def e2e_mode(args, log) -> list[dict]:
             e2e = bench_end_to_end(model, paths, 16, args.workers, repeat=args.e2e_repeat)
             ratios.append((only["img_s"], e2e["img_s"], e2e["model_busy_img_s"]))
         only_s, e2e_s, busy = (statistics.median(v) for v in zip(*ratios))
-        results.append(dict(mode="e2e", backend=backend, dtype=dtype, model_only_img_s=only_s, e2e_img_s=e2e_s,
+        results.append(dict(mode="e2e", path=path, model_only_img_s=only_s, e2e_img_s=e2e_s,
                             ratio=round(e2e_s / only_s, 3), model_busy_img_s=busy, runs=ratios))
-        log(f"| {backend} {dtype} | {only_s:.2f} | {e2e_s:.2f} | {e2e_s / only_s:.0%} | {busy:.2f} |")
+        log(f"| {path} | {only_s:.2f} | {e2e_s:.2f} | {e2e_s / only_s:.0%} | {busy:.2f} |")
         del model
         gc.collect()
     log("")

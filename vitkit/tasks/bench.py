@@ -52,7 +52,7 @@ def bench_model(model_or_net, batch_size: int = 1, image_size: int | None = None
     net, owner = _network(model_or_net)
     reset_peak_rss()
     start_prepare = time.perf_counter()
-    if backend is not None and not isinstance(net, PreparedViT):
+    if backend is not None and isinstance(net, VisionTransformer) and not isinstance(net, PreparedViT):
         device = device or (str(owner.device) if owner is not None else "cpu")
         net = prepare(net, backend, dtype, device)
         if owner is not None:

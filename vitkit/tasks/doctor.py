@@ -30,10 +30,10 @@ def _why_not(runtime: str, here: Machine) -> str:
         return "needs a CPU with bf16 instructions or a GPU with bf16"
     if runtime == "fp16":
         return "GPU only"
-    if runtime == "int8":
+    if runtime in ("int8", "onnx-fp32"):
         if here.onnxruntime is None:
             return "needs onnxruntime and onnx (pip install 'vitkit[onnx]')"
-        return "CPU only (onnxruntime's INT8 kernels)"
+        return "CPU only here (onnxruntime's CPU kernels; on a GPU --backend onnx needs onnxruntime-gpu)"
     return ""
 
 
@@ -52,8 +52,9 @@ def report(refresh: bool = False) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     chosen = candidates(device)
     rows = []
-    for runtime in ("fp32", "bf16", "fp16", "int8"):
-        peak = here.peak(runtime) if device.type == "cpu" else None
+    kinds = {"fp32": "fp32_packed", "onnx-fp32": "fp32_onnx", "bf16": "bf16_packed", "fp16": None, "int8": "int8"}
+    for runtime, kind in kinds.items():
+        peak = here.peaks.get(kind) if device.type == "cpu" and kind else None
         rows.append({"runtime": runtime, "candidate": runtime in chosen, "why_not": "" if runtime in chosen
                      else _why_not(runtime, here), "peak_gflop_s": peak,
                      "vit_b16_limit_img_s": round(peak / VIT_B16_GFLOP, 1) if peak else None})
@@ -80,7 +81,7 @@ def text(found: dict) -> str:
     for row in found["fast_candidates"]:
         limit = f"ViT-B/16 at most ~{row['vit_b16_limit_img_s']} img/s" if row["vit_b16_limit_img_s"] else ""
         state = "candidate" if row["candidate"] else f"not here: {row['why_not']}"
-        lines.append(f"  {row['runtime']:<5} {state:<60} {limit}")
+        lines.append(f"  {row['runtime']:<9} {state:<60} {limit}")
     if found["cached_choices"]:
         lines.append("")
         lines.append("cached --fast choices on this machine:")
