@@ -174,3 +174,19 @@ def test_empty_batch_has_batch_shape():
 def test_unknown_resize_mode_is_refused(photos):
     with pytest.raises(ValueError, match="resize_mode"):
         preprocess(photos[0], PreprocessSpec(resize_mode="squash"))
+
+
+def test_table_normalization_is_bit_identical_to_the_arithmetic():
+    """The lookup table gives exactly transformers' steps (float64 rescale, float32 cast, float32 normalize) for
+    every uint8 level of every channel, with ImageNet's, CLIP's and SigLIP's constants."""
+    from vitkit.data.transforms import _normalize
+
+    levels = np.stack(np.meshgrid(np.arange(256), np.arange(3), indexing="ij"), -1)[:, :, 0]  # (256, 3)
+    pixels = np.repeat(levels[None].astype(np.uint8), 2, axis=0)  # (2, 256, 3): every level in every channel
+    for mean, std in (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                      ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+                      ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))):
+        spec = PreprocessSpec(mean=mean, std=std)
+        direct = ((pixels.transpose(2, 0, 1) * (1 / 255)).astype(np.float32)
+                  - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+        assert np.array_equal(_normalize(Image.fromarray(pixels), spec), direct)

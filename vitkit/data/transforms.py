@@ -13,6 +13,8 @@ from vitkit.data.transforms import preprocess; print(preprocess(decode_image('ph
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -131,11 +133,21 @@ def _centre_crop_transformers(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+@functools.lru_cache(maxsize=64)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: the normalized value of every uint8 level per channel, computed as transformers does it
+    (rescale in float64, cast to float32, normalize in float32): same steps, same bits. torchvision's float32
+    x / 255 differs from this by at most one float32 ulp."""
+    scaled = (np.arange(256) * (1 / 255)).astype(np.float32)[None, :]  # (1, 256)
+    return (scaled - np.asarray(mean, dtype=np.float32)[:, None]) / np.asarray(std, dtype=np.float32)[:, None]
+
+
 def _normalize(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    # transformers rescales in float64 then casts to float32, and normalizes in float32: same steps,
-    # same bits. torchvision's float32 x / 255 differs from this by at most one float32 ulp.
-    pixels = np.asarray(image).transpose(2, 0, 1)  # (H, W, 3) uint8 -> (3, H, W)
-    scaled = (pixels * (1 / 255)).astype(np.float32)
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]  # (3, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return (scaled - mean) / std
+    """RGB uint8 (H, W, 3) -> float32 (3, H, W), by table lookup: exactly the arithmetic of `_normalize_table`,
+    a third cheaper than computing it per pixel."""
+    pixels = np.asarray(image)  # (H, W, 3) uint8
+    table = _normalize_table(tuple(spec.mean), tuple(spec.std))
+    out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    for c in range(3):
+        out[c] = table[c][pixels[:, :, c]]
+    return out
