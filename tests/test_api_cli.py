@@ -88,7 +88,7 @@ def test_info_describes_the_model(capsys, tmp_path):
 
 def test_classify_api_returns_sorted_probabilities(photo):
     model = vitkit.load(arch="vit_tiny_patch16_224")
-    [preds] = model.classify(photo, top_k=4)
+    preds = model.classify(photo, top_k=4)  # one input: one Classification
     assert len(preds) == 4 and all(a.score >= b.score for a, b in zip(preds, preds[1:]))
     assert preds[0].label == model.labels[preds[0].index]
     assert 0 < sum(p.score for p in preds) <= 1.0

@@ -88,7 +88,7 @@ def test_the_page_shows_labels_and_similar_images(tmp_path, report):
     index = ImageIndex.create(tmp_path / "db", model)
     index.add([str(p) for p in photos], model)
     query = photos[3]
-    want = [p.label for p in model.classify(str(query), top_k=5)[0]]
+    want = [p.label for p in model.classify(str(query), top_k=5)]
     app = create_app(Engine(model, threads=1), ImageIndex.open(tmp_path / "db"))
 
     with live_server(app) as url, browser_page() as page:

@@ -13,11 +13,12 @@ checkpoint parity.
 
 from vitkit.version import VERSION
 
-__all__ = ["Model", "Prediction", "TextEncoder", "ZeroShotClassifier", "classify_to_file", "embed_to_file", "load",
-           "load_text"]
+__all__ = ["Classification", "Embeddings", "Model", "Prediction", "TextEncoder", "ZeroShotClassifier", "classify_to_file", "embed_to_file", "load",
+           "load_text", "to_records"]
 __version__ = VERSION
 
-_LAZY = {"Model": "vitkit.api", "Prediction": "vitkit.api", "load": "vitkit.api",
+_LAZY = {"Model": "vitkit.api", "Prediction": "vitkit.api", "load": "vitkit.api", "Classification": "vitkit.api",
+         "Embeddings": "vitkit.api", "to_records": "vitkit.api",
          "classify_to_file": "vitkit.tasks.classify", "embed_to_file": "vitkit.tasks.embed",
          "load_text": "vitkit.image_text", "TextEncoder": "vitkit.image_text", "ZeroShotClassifier": "vitkit.image_text"}
 

@@ -1,8 +1,16 @@
 """The Python API: `vitkit.load(...)` returns a `Model` that preprocesses, predicts and saves.
 
     import vitkit
-    model = vitkit.load("../shared/weights/deit-tiny-patch16-224/model.safetensors", arch="deit_tiny_patch16_224")
-    model.classify(["../shared/images/imagenet-sample-100/n01440764_tench.JPEG"], top_k=3)
+    model = vitkit.load("vitkit/assets/digits-vit")                 # or a hub id, a folder, a weights file
+    result = model.classify("digit.png", top_k=3)                   # one input -> one Classification
+    result.label, result.score, result.to_dict()
+    results = model.classify(["a.jpg", pil_image, numpy_hwc, open("b.png", "rb")], errors="skip")
+    vitkit.to_records(results)                                      # flat rows: pandas.DataFrame(...)
+    vectors = model.embed(["a.jpg", "b.jpg"], batch_size=32)        # (2, D) L2-normalised
+
+Inputs: paths, encoded bytes, binary file objects, PIL images, numpy arrays (H, W[, C]) and torch tensors (C, H, W)
+(vitkit.data.inputs). errors="raise" (default) stops at the first input that cannot be read; errors="skip" gives
+every input its result, a bad one with its `error` and no predictions.
 
 Try it:  python -m pytest tests/test_api.py -q
 """
@@ -13,17 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from vitkit.checkpoints.convert import Loaded, load_network
 from vitkit.checkpoints.save import save
 from vitkit.config import PreprocessSpec, ViTConfig
-from vitkit.data.decode import decode_image
+from vitkit.choices import POOLS, PRECISIONS, VECTOR_POOLS  # noqa: F401  (VECTOR_POOLS: re-exported)
+from vitkit.data.decode import read_error
+from vitkit.data.inputs import ImageInput, describe, to_image
 from vitkit.data.transforms import preprocess_batch
 from vitkit.limits import check_tokens
-from vitkit.choices import POOLS, PRECISIONS, VECTOR_POOLS  # noqa: F401  (VECTOR_POOLS: re-exported)
 
-ImageInput = Image.Image | str | Path | bytes
+ERRORS = ("raise", "skip")
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,68 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {"index": self.index, "label": self.label, "score": self.score}
+
+
+class Classification(list):
+    """The top-k `Prediction`s of one input, best first (a list of them), with what the input was and, when it could
+    not be read (errors="skip"), why: `error` set and no predictions."""
+
+    def __init__(self, predictions: list[Prediction], input: str, error: str | None = None):
+        super().__init__(predictions)
+        self.input, self.error = input, error
+
+    @property
+    def label(self) -> str | None:
+        """The top-1 label (None for an input that failed)."""
+        return self[0].label if self else None
+
+    @property
+    def score(self) -> float | None:
+        return self[0].score if self else None
+
+    def to_dict(self) -> dict:
+        return {"input": self.input, "predictions": [p.to_dict() for p in self], "error": self.error}
+
+    def __repr__(self) -> str:
+        inner = f"error={self.error!r}" if self.error else ", ".join(f"{p.label!r} {p.score:.3f}" for p in self)
+        return f"Classification({self.input!r}: {inner})"
+
+
+def to_records(results: "Classification | list[Classification]") -> list[dict]:
+    """Flat rows (input, rank, index, label, score, error), one per prediction and one per failed input:
+    `pandas.DataFrame(vitkit.to_records(results))`."""
+    rows = []
+    for result in [results] if isinstance(results, Classification) else results:
+        if result.error is not None:
+            rows.append({"input": result.input, "rank": None, "index": None, "label": None, "score": None,
+                         "error": result.error})
+        rows.extend({"input": result.input, "rank": rank, **p.to_dict(), "error": None}
+                    for rank, p in enumerate(result, 1))
+    return rows
+
+
+class Embeddings(list):
+    """embed(..., errors="skip"): one vector per input (a list of tensors), None for an input that failed, with
+    `errors` (the reason per input, None where it worked) and `stack()` -> (good inputs, D) with their positions."""
+
+    def __init__(self, vectors: list[torch.Tensor | None], errors: list[str | None], inputs: list[str]):
+        super().__init__(vectors)
+        self.errors, self.inputs = errors, inputs
+
+    def stack(self) -> tuple[torch.Tensor, list[int]]:
+        good = [i for i, v in enumerate(self) if v is not None]
+        return (torch.stack([self[i] for i in good]) if good else torch.empty(0)), good
+
+
+def dtype_name(dtype: str | torch.dtype | None) -> str | None:
+    """torch.float32 / bfloat16 / float16 or their names -> "fp32" / "bf16" / "fp16" (strings pass through)."""
+    if isinstance(dtype, torch.dtype):
+        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        if dtype not in names:
+            raise ValueError(f"dtype {dtype} is not a compute dtype vitkit runs: use torch.float32, torch.bfloat16 or "
+                             "torch.float16")
+        return names[dtype]
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype) if dtype else dtype
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -49,9 +119,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 class Model:
     """A loaded network with its preprocessing, on one device, in inference mode."""
 
-    def __init__(self, loaded: Loaded, device: str | None = "cpu", image_size: int | None = None,
-                 backend: str | None = None, dtype: str | None = None, precision: str = "exact",
+    def __init__(self, loaded: Loaded, device: str | torch.device | None = "auto", image_size: int | None = None,
+                 backend: str | None = None, dtype: str | torch.dtype | None = None, precision: str = "exact",
                  batch_size: int = 16, calibration: list[ImageInput] | None = None, log=None):
+        dtype = dtype_name(dtype)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
         if precision == "fast" and (backend not in (None, "auto") or dtype not in (None, "auto")):
@@ -77,7 +148,7 @@ class Model:
                                          loaded.source)
 
     def _calibration(self, images: list[ImageInput] | None) -> tuple[torch.Tensor, str]:
-        """Pixels to check a fast runtime on: the first of `images` (files, folders, globs, PIL, bytes) that decode,
+        """Pixels to check a fast runtime on: the first of `images` (files, folders, globs, any ImageInput) that read,
         else a generated set."""
         from vitkit.data.calibration import CALIBRATION_KIND, calibration_images
         from vitkit.data.sources import expand_inputs
@@ -91,7 +162,7 @@ class Model:
             if len(decoded) == CALIBRATION_INPUTS:
                 break
             try:
-                decoded.append(image if isinstance(image, Image.Image) else decode_image(image))
+                decoded.append(to_image(image))
             except Exception:  # noqa: BLE001  (an undecodable calibration image is left out, as the job will)
                 continue
         if decoded:
@@ -129,10 +200,54 @@ class Model:
         return {} if self.runtime == "exact" else {"runtime": self.runtime}
 
     def preprocess(self, images: ImageInput | list[ImageInput]) -> torch.Tensor:
-        """Images (PIL, paths or encoded bytes) -> (B, 3, H, W) float32 on the CPU."""
-        images = images if isinstance(images, list) else [images]
-        decoded = [img if isinstance(img, Image.Image) else decode_image(img) for img in images]
-        return preprocess_batch(decoded, self.spec)
+        """Images (any ImageInput) -> (B, 3, H, W) float32 on the CPU, the checkpoint's resize, crop and
+        normalisation. Raises on the first input that cannot be read."""
+        images = images if isinstance(images, (list, tuple)) else [images]
+        return preprocess_batch([to_image(image) for image in images], self.spec)
+
+    def _batches(self, images: ImageInput | list[ImageInput], batch_size: int, errors: str):
+        """-> (single input?, descriptions, per batch: (positions, pixels (b, 3, H, W)), errors by position)."""
+        if errors not in ERRORS:
+            raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        names, failed = [describe(item) for item in items], {}
+
+        def batches():
+            for start in range(0, len(items), batch_size):
+                good, pictures = [], []
+                for i in range(start, min(start + batch_size, len(items))):
+                    try:
+                        pictures.append(to_image(items[i]))
+                        good.append(i)
+                    except Exception as err:  # noqa: BLE001 - one input's failure is that input's error
+                        if errors == "raise":
+                            raise (type(err)(f"{names[i]}: {err}") if isinstance(err, ValueError) else err) from err
+                        failed[i] = read_error(err)
+                if good:
+                    yield good, preprocess_batch(pictures, self.spec)
+
+        return single, names, batches(), failed
+
+    def classify(self, images: ImageInput | list[ImageInput], top_k: int = 5, *, batch_size: int = 16,
+                 errors: str = "raise") -> Classification | list[Classification]:
+        """Top-k labels of one image (-> a Classification) or of a list of them (-> one Classification per input, in
+        order), `batch_size` images per forward pass.
+
+            >>> model = vitkit.load("vitkit/assets/digits-vit")
+            >>> model.classify(numpy.zeros((32, 32, 3), numpy.uint8), top_k=2).label   # a black square
+            '8'
+            >>> [r.error for r in model.classify([b"not an image", numpy.zeros((32, 32))], errors="skip")]
+            ['not an image: cannot identify image file', None]
+        """
+        single, names, batches, failed = self._batches(images, batch_size, errors)
+        found: dict[int, list[Prediction]] = {}
+        for positions, pixels in batches:
+            found.update(zip(positions, self.top_k(self(pixels), top_k)))
+        results = [Classification(found.get(i, []), name, failed.get(i)) for i, name in enumerate(names)]
+        return results[0] if single else results
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -146,9 +261,6 @@ class Model:
         scores, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)  # (B, k)
         return [[Prediction(int(i), self.labels[int(i)], float(s)) for s, i in zip(row_s, row_i)]
                 for row_s, row_i in zip(scores, indices)]
-
-    def classify(self, images: ImageInput | list[ImageInput], top_k: int = 5) -> list[list[Prediction]]:
-        return self.top_k(self(self.preprocess(images)), top_k)
 
     @property
     def default_pool(self) -> str:
@@ -196,10 +308,35 @@ class Model:
         return torch.nn.functional.normalize(out, dim=-1).cpu() if normalize else out.cpu()
 
     def embed(self, images: ImageInput | list[ImageInput], pool: str | None = None,
-              layers: list[int] | None = None, normalize: bool = True) -> torch.Tensor:
-        return self.embed_pixels(self.preprocess(images), pool, layers, normalize)
+              layers: list[int] | None = None, normalize: bool = True, *, batch_size: int = 16,
+              errors: str = "raise") -> torch.Tensor | Embeddings:
+        """Embeddings of one image (-> (*embedding_shape)) or of a list (-> (N, *embedding_shape)), float32 on the
+        CPU, `batch_size` images per forward pass; pool / layers / normalize as `embed_pixels`. errors="skip" ->
+        `Embeddings`: a vector or None per input, with the errors.
+
+            >>> model = vitkit.load("vitkit/assets/digits-vit")
+            >>> model.embed([numpy.zeros((32, 32, 3), numpy.uint8)] * 2, batch_size=1).shape
+            torch.Size([2, 64])
+        """
+        single, names, batches, failed = self._batches(images, batch_size, errors)
+        found: dict[int, torch.Tensor] = {}
+        for positions, pixels in batches:
+            found.update(zip(positions, self.embed_pixels(pixels, pool, layers, normalize)))
+        if errors == "skip":
+            vectors = [found.get(i) for i in range(len(names))]
+            return Embeddings(vectors, [failed.get(i) for i in range(len(names))], names)
+        if single:
+            return found[0]
+        return torch.stack([found[i] for i in range(len(names))]) if names else \
+            torch.empty(0, *self.embedding_shape(pool, layers))
 
     def save(self, target: str | Path, format: str = "hf", arch: str | None = None) -> Path:
+        """Write the model with its labels and preprocessing: "hf" (a transformers folder), "timm", "safetensors"
+        (vitkit's one file), "jax" (.npz) or "onnx" (a verified dynamic-batch graph). -> the written path.
+
+            >>> vitkit.load("vitkit/assets/digits-vit").save(f"{tempfile.mkdtemp()}/digits-hf").name
+            'digits-hf'
+        """
         if self.layout == "onnx":
             raise ValueError(f"{self.source} is an ONNX graph: convert from the original checkpoint instead")
         if format == "onnx":
@@ -211,12 +348,22 @@ class Model:
 
 
 def load(model: str | None = None, arch: str | None = None, *, image_size: int | None = None,
-         device: str | None = "cpu", backend: str | None = None, dtype: str | None = None, precision: str = "exact",
-         batch_size: int = 16, calibration: list[ImageInput] | None = None, log=None, **runtime) -> Model:
+         device: str | torch.device | None = "auto", backend: str | None = None,
+         dtype: str | torch.dtype | None = None, precision: str = "exact", batch_size: int = 16,
+         calibration: list[ImageInput] | None = None, log=None, num_classes: int | None = None,
+         labels: list[str] | None = None, **runtime) -> Model:
     """Load a registry name, hub id, local folder or weights file (with `arch` when it carries no
     config; `arch` alone gives random weights). `image_size` runs the model at another resolution.
-    backend/dtype ("auto", "eager", "compile"; "fp32", "bf16", "fp16") give a fast inference-only
-    network (see vitkit.runtime); without them the network is the plain, trainable one.
+    device: "auto" (default: a CUDA GPU when there is one, else the CPU), "cpu", "cuda:1", a torch.device.
+    backend/dtype ("auto", "eager", "compile"; "fp32", "bf16", "fp16" or torch.float32 / bfloat16 / float16) give a
+    fast inference-only network (see vitkit.runtime); without them the network is the plain, trainable one.
+    num_classes / labels: a fresh classifier head for that many classes (named by `labels`, else class_0 ...),
+    initialised as for training (the backbone's weights kept): the start of a fine-tune.
+
+        >>> vitkit.load("vitkit/assets/digits-vit").config.num_classes
+        10
+        >>> vitkit.load("vitkit/assets/digits-vit", labels=["even", "odd"]).labels
+        ('even', 'odd')
 
     precision="fast": the fastest runtime here whose top-1 agreement with fp32 is >= 99% and embedding cosine
     >= 0.999 on `calibration` (images; default: a generated set), measured at `batch_size`, cached per model and
@@ -227,5 +374,12 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
     if is_onnx_file(model):  # graph, preprocessing and labels all come from the file
         return Model(load_onnx(model, device=resolve_device(device), image_size=image_size), device=device)
     loaded = load_network(model, arch, **runtime)
+    if num_classes is not None or labels is not None:
+        names = list(labels) if labels is not None else [f"class_{i}" for i in range(num_classes or 0)]
+        if num_classes is not None and len(names) != num_classes:
+            raise ValueError(f"{len(names)} labels for num_classes={num_classes}")
+        if not names:
+            raise ValueError("num_classes must be >= 1 (a backbone without a head: load it without num_classes)")
+        loaded.net.reset_classifier(names)
     return Model(loaded, device=device, image_size=image_size, backend=backend, dtype=dtype, precision=precision,
                  batch_size=batch_size, calibration=calibration, log=log)

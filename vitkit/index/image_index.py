@@ -149,6 +149,7 @@ class ImageIndex:
     def search_images(self, model: Model, images: list[ImageInput], k: int = 10,
                       exact: bool = False) -> list[list[Hit]]:
         """Embed `images` (paths, bytes or PIL images) with the index's pooling, then `search_vectors`."""
+        images = images if isinstance(images, (list, tuple)) else [images]
         return self.search_vectors(model.embed(images, pool=self.meta.pool).numpy(), k, exact)
 
     def search_text(self, text: TextEncoder, queries: list[str], k: int = 10, exact: bool = False) -> list[list[Hit]]:
