@@ -66,6 +66,43 @@ def assert_error(response, status: int, pattern: str) -> None:
 
 
 # -- what each endpoint answers ------------------------------------------------------------------------
+def test_raw_image_bodies_are_accepted_and_other_types_refused(model):
+    data = image_bytes(2, size=(40, 40))
+    want = model.classify(data, top_k=3)
+    with serve(model) as client:
+        for media in ("image/png", "image/jpeg", "application/octet-stream"):  # curl --data-binary @photo
+            answer = client.post("/v1/classify?top_k=3", content=data, headers={"Content-Type": media})
+            assert answer.status_code == 200, answer.text
+            assert [p["index"] for p in answer.json()["top_k"]] == [p.index for p in want]
+        assert_error(client.post("/v1/classify", content=data, headers={"Content-Type": "text/plain"}), 415,
+                     "image/jpeg, image/png")
+
+
+def test_openai_client_embeds_images_with_dimensions_and_base64(model):
+    """The `openai` package's own client against /v1/embeddings: images as data URIs, float and base64 (its
+    default), `dimensions` truncating and renormalising; the vectors are the Python API's."""
+    openai = pytest.importorskip("openai")
+    pictures = [image_bytes(i, size=(48, 40)) for i in range(3)]
+    uris = ["data:image/png;base64," + base64.b64encode(p).decode() for p in pictures]
+    want = model.embed(pictures, pool="cls").numpy()  # (3, 64): the service's pool for this model
+    with serve(model) as http:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
+        floats = client.embeddings.create(model="digits", input=uris, encoding_format="float")
+        assert [d.index for d in floats.data] == [0, 1, 2] and floats.object == "list"
+        assert np.abs(np.array([d.embedding for d in floats.data]) - want).max() <= 1e-5
+        packed = client.embeddings.create(model="digits", input=uris[:1])  # the client asks for base64 itself
+        assert np.abs(np.array(packed.data[0].embedding) - want[0]).max() <= 1e-5
+        short = client.embeddings.create(model="digits", input=uris, dimensions=16, encoding_format="float")
+        cut = want[:, :16] / np.linalg.norm(want[:, :16], axis=1, keepdims=True)
+        assert np.abs(np.array([d.embedding for d in short.data]) - cut).max() <= 1e-5
+        with pytest.raises(openai.UnprocessableEntityError) as err:
+            client.embeddings.create(model="digits", input=uris[:1], dimensions=65, encoding_format="float")
+        assert "this model's embeddings have 64" in err.value.response.json()["detail"]
+        with pytest.raises(openai.NotFoundError) as err:
+            client.embeddings.create(model="digits", input=["a photo of a seven"], encoding_format="float")
+        assert "no text tower" in err.value.response.json()["detail"]
+
+
 def test_classify_gives_the_clis_answer_for_multipart_json_and_data_urls(model):
     data = image_bytes(1, size=(64, 48))
     want = model.classify(data, top_k=5)  # the Python API / CLI path on the same bytes
@@ -344,11 +381,11 @@ def test_the_page_is_served_from_the_package_with_no_cdn(model):
         assert client.get("/docs").status_code == 404  # FastAPI's docs page would load Swagger UI from a CDN
 
 
-def test_openapi_documents_both_body_forms_and_every_error(model):
+def test_openapi_documents_every_body_form_and_every_error(model):
     with serve(model) as client:
         schema = client.get("/openapi.json").json()
     classify = schema["paths"]["/v1/classify"]["post"]
-    assert set(classify["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+    assert set(classify["requestBody"]["content"]) == {"image/*", "multipart/form-data", "application/json"}
     assert {"200", "400", "401", "404", "408", "413", "415", "422", "500", "503", "504"} <= set(classify["responses"])
     assert set(schema["paths"]) >= {"/v1/classify", "/v1/embed", "/v1/search", "/v1/models",
                                     "/v1/thumbnail/{hit_id}", "/healthz", "/readyz", "/metrics"}

@@ -10,7 +10,7 @@ import importlib
 
 _WHERE = {"Explanation": "explanation", "Failed": "explanation", "explain": "explanation",
           "explain_pixels": "explanation", "seen_image": "explanation", "MapSpec": "maps", "patch_map": "maps",
-          "rollout": "maps", "HEAD_FUSIONS": "options", "METHODS": "options", "READOUTS": "options"}
+          "rollout": "maps", "render": "overlay", "HEAD_FUSIONS": "options", "METHODS": "options", "READOUTS": "options"}
 __all__ = tuple(sorted(_WHERE))
 
 

@@ -32,6 +32,7 @@ from vitkit.service.errors import (
     documented,
 )
 from vitkit.service.schemas import (
+    IMAGE_URI,
     MAX_K,
     MAX_TOP_K,
     ClassifyResponse,
@@ -49,7 +50,7 @@ from vitkit.service.schemas import (
     Usage,
 )
 from vitkit.service.thumbnails import thumbnail_jpeg
-from vitkit.service.uploads import IMAGE_BODY, SEARCH_BODY, parse_json, read_image, read_search
+from vitkit.service.uploads import IMAGE_BODY, SEARCH_BODY, image_bytes, parse_json, read_image, read_search
 
 LABELS_SAMPLE = 10
 MAX_LABELS_TEXT = 20_000  # characters of a zero-shot label list in a query string
@@ -251,7 +252,7 @@ async def search(request: Request, k: int = Query(10, ge=1, le=MAX_K)) -> Search
 
 
 @api.post("/embeddings", response_model=EmbeddingsResponse, responses=documented(400, 401, 404, 408, 413, 415, 422, 504),
-          summary="Embeddings of texts, in OpenAI's format (an image-text model's text tower)",
+          summary="Embeddings of texts and images (data URIs), in OpenAI's format",
           openapi_extra={"requestBody": {"required": True, "content": {
               "application/json": {"schema": EmbeddingsRequest.model_json_schema()}}}})
 async def embeddings(request: Request) -> EmbeddingsResponse:
@@ -260,9 +261,25 @@ async def embeddings(request: Request) -> EmbeddingsResponse:
     if media != "application/json":
         raise UnsupportedMediaType(f"send application/json ({{\"input\": [TEXT, ...]}}), not {media or 'no type'}")
     body = parse_json(EmbeddingsRequest, await request.body())
-    vectors, tokens = await _embed_texts(service, body.texts)
-    if body.dimensions is not None and body.dimensions != vectors.shape[1]:
-        raise Unprocessable(f"dimensions {body.dimensions}: this model's embeddings have {vectors.shape[1]}")
+    items = body.texts
+    images = [i for i, item in enumerate(items) if item.startswith(IMAGE_URI)]
+    texts = [i for i in range(len(items)) if i not in set(images)]
+    found: dict[int, torch.Tensor] = {}
+    tokens = 0
+    if texts:
+        text_vectors, tokens = await _embed_texts(service, [items[i] for i in texts])
+        found.update(zip(texts, text_vectors))
+    if images:  # submitted together: the engine batches them
+        pixels = [await _image_pixels(image_bytes(items[i]), service) for i in images]
+        vectors = await asyncio.gather(*(_infer(service, "embed", p, service.pool) for p in pixels))
+        found.update(zip(images, (torch.as_tensor(v).float() for v in vectors)))
+    if len({vector.shape[0] for vector in found.values()}) > 1:
+        raise Unprocessable("the texts and images of this request embed to different sizes: send them apart")
+    vectors = torch.stack([found[i] for i in range(len(items))])  # (N, D)
+    if body.dimensions is not None:
+        if body.dimensions > vectors.shape[1]:
+            raise Unprocessable(f"dimensions {body.dimensions}: this model's embeddings have {vectors.shape[1]}")
+        vectors = torch.nn.functional.normalize(vectors[:, :body.dimensions], dim=-1)  # truncated, unit length
     as_base64 = body.encoding_format == "base64"
     data = [Embedding(index=i, embedding=base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() if as_base64
                       else v.tolist()) for i, v in enumerate(vectors)]

@@ -52,14 +52,20 @@ class SearchRequest(BaseModel):
         return self
 
 
-class EmbeddingsRequest(BaseModel):
-    """OpenAI's embeddings request: texts in, vectors out (the text tower of an image-text model)."""
+IMAGE_URI = "data:image/"  # an `input` of /v1/embeddings that starts so is an image (a data URI), not a text
 
-    input: str | list[str] = Field(description="one text or a list of texts", examples=["a dog on a beach"])
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request: texts and images in, vectors out. A text needs an image-text model's text tower;
+    an image is a data URI (data:image/jpeg;base64,...), embedded by the image tower with the service's pooling."""
+
+    input: str | list[str] = Field(description="one input or a list: texts, and images as data URIs "
+                                   "(data:image/png;base64,...)", examples=["a dog on a beach"])
     model: str | None = Field(default=None, description="ignored beyond a check: this server serves one model")
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="float: lists of numbers; base64: little-endian float32 bytes, as OpenAI's")
-    dimensions: int | None = Field(default=None, ge=1, description="must equal the model's dimension if given")
+    dimensions: int | None = Field(default=None, ge=1, description="keep the first N dimensions and L2-normalise "
+                                   "again (at most the model's dimension)")
     user: str | None = Field(default=None, max_length=256, description="accepted and ignored")
 
     @model_validator(mode="after")
@@ -69,8 +75,9 @@ class EmbeddingsRequest(BaseModel):
             raise ValueError("'input' holds no text")
         if len(texts) > MAX_INPUTS:
             raise ValueError(f"'input' holds {len(texts)} texts, more than {MAX_INPUTS}")
-        if any(len(t) > MAX_TEXT_CHARS for t in texts):
-            raise ValueError(f"a text of 'input' is longer than {MAX_TEXT_CHARS} characters")
+        if any(len(t) > MAX_TEXT_CHARS and not t.startswith(IMAGE_URI) for t in texts):
+            raise ValueError(f"a text of 'input' is longer than {MAX_TEXT_CHARS} characters (images: send them as "
+                             "data URIs, data:image/...;base64,...)")
         return self
 
     @property

@@ -1,9 +1,9 @@
-"""The image bytes of a POST: multipart/form-data with the file in field `file`, or JSON {"image": base64}
-(a search may send JSON {"text": "..."} instead).
+"""The image bytes of a POST: the raw body (Content-Type image/* or application/octet-stream), multipart/form-data
+with the file in field `file`, or JSON {"image": base64} (a search may send JSON {"text": "..."} instead).
 Anything else is refused with the status that says why: 415 (another content type), 400 (a body that does
 not parse), 422 (a body that parses but holds no image field). Size and time limits are `limits.BodyLimit`'s.
 
-Try it:  curl -F file=@cat.jpg localhost:8000/v1/classify
+Try it:  curl --data-binary @cat.jpg -H "Content-Type: image/jpeg" localhost:8000/v1/classify
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from vitkit.service.schemas import ImageRequest, SearchRequest
 
 # the OpenAPI requestBody of every route that takes an image
 IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    "image/*": {"schema": {"type": "string", "format": "binary", "description": "the image file itself"}},
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["file"],
         "properties": {"file": {"type": "string", "format": "binary", "description": "the image file"}}}},
@@ -35,7 +36,7 @@ async def read_search(request: Request) -> bytes | str:
     if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != "application/json":
         return await read_image(request)
     payload = parse_json(SearchRequest, await request.body())
-    return payload.text if payload.text is not None else _image_bytes(payload.image)
+    return payload.text if payload.text is not None else image_bytes(payload.image)
 
 
 async def read_image(request: Request) -> bytes:
@@ -44,8 +45,11 @@ async def read_image(request: Request) -> bytes:
         return await _from_form(request)
     if media == "application/json":
         return await _from_json(request)
-    raise UnsupportedMediaType(f"send the image as multipart/form-data (field 'file') or as application/json "
-                               f"({{\"image\": BASE64}}), not {media or 'a body without Content-Type'}")
+    if media.startswith("image/") or media == "application/octet-stream":  # curl --data-binary @photo.jpg
+        return await request.body()
+    raise UnsupportedMediaType(f"send the image as the body (Content-Type: image/jpeg, image/png, ...), as "
+                               f"multipart/form-data (field 'file') or as application/json ({{\"image\": BASE64}}), "
+                               f"not {media or 'a body without Content-Type'}")
 
 
 async def _from_form(request: Request) -> bytes:
@@ -59,7 +63,7 @@ async def _from_form(request: Request) -> bytes:
 
 
 async def _from_json(request: Request) -> bytes:
-    return _image_bytes(parse_json(ImageRequest, await request.body()).image)
+    return image_bytes(parse_json(ImageRequest, await request.body()).image)
 
 
 def parse_json(schema, body: bytes):
@@ -72,7 +76,8 @@ def parse_json(schema, body: bytes):
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
 
 
-def _image_bytes(image: str) -> bytes:
+def image_bytes(image: str) -> bytes:
+    """Base64 (or a data URI) -> the image file's bytes; 400 when it is not base64."""
     try:
         return ImageRequest(image=image).image_bytes()
     except ValueError as err:
