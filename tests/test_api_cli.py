@@ -212,3 +212,31 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys, module,
         return
     assert cli(["info", "anything"]) == 2
     assert f"needs the optional package '{module}': pip install 'vitkit[{extra}]'" in capsys.readouterr().err
+
+
+def test_typos_get_a_did_you_mean_and_local_paths_a_plain_no_such_file(tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(SystemExit) as stop:
+        cli(["classify", str(image), "--model", "vitkit-digits", "--topk", "3"])
+    assert stop.value.code == 2 and "--topk (did you mean --top-k?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["clasify", str(image)])
+    assert "did you mean 'classify'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["index", "add", "db", str(image), "--workerz", "1"])
+    assert "--workerz (did you mean --workers?)" in capsys.readouterr().err
+    for local in ("./typo", "../models/typo", "typo.safetensors", str(tmp_path / "nope")):
+        assert cli(["classify", str(image), "--model", local]) == 2
+        assert f"no such file or folder: {local}" in capsys.readouterr().err
+
+
+def test_the_shipped_digits_model_has_a_name(tmp_path, capsys):
+    assert cli(["models"]) == 0
+    assert "vitkit-digits" in capsys.readouterr().out.split("Named models")[0]
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert cli(["classify", str(image), "--model", "vitkit-digits", "--format", "jsonl", "--no-progress"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["top_k"][0]["label"] in "0123456789"
+    assert vitkit.load("vitkit-digits").labels == tuple("0123456789")

@@ -6,6 +6,7 @@ Try it:  vitkit --help
 from __future__ import annotations
 
 import argparse
+import difflib
 import gc
 import importlib
 import json
@@ -76,6 +77,39 @@ class _Parser(argparse.ArgumentParser):
         if args and args[0] in self.modes:
             return self.modes[args[0]].parse_known_args(args[1:], namespace)
         return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, with "did you mean" for an unknown option of the chosen command."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            known = _option_strings(self, parsed)
+            hints = []
+            for extra in extras:
+                close = difflib.get_close_matches(extra.split("=", 1)[0], known, 1, 0.6) if extra.startswith("-") else []
+                hints.append(f"{extra} (did you mean {close[0]}?)" if close else extra)
+            self.error(f"unrecognized arguments: {' '.join(hints)}")
+        return parsed
+
+    def error(self, message: str):
+        """argparse's error, with "did you mean" for a mistyped command."""
+        found = re.match(r"argument \S+: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = difflib.get_close_matches(found.group(1), choices, 1, 0.6)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
+
+def _option_strings(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> list[str]:
+    """The option strings of the command `parsed` chose (its sub-commands' too), else of `parser` itself."""
+    found = list(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+            if chosen is not None:
+                found += _option_strings(chosen, parsed)
+    return found
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -287,7 +321,10 @@ def _cmd_models(args) -> int:
     from vitkit.models.registry import ARCHS, MODELS
 
     if args.json:
+        from vitkit.assets import SHIPPED
+
         print(json.dumps({
+            "shipped": {name: what for name, (_, what) in SHIPPED.items()},
             "models": {name: {"hub_id": m.hub_id, "layout": m.layout, "arch": m.arch, "labels": m.labels,
                               "family": ARCHS[m.arch].config.family, "licence": m.licence, "note": m.note,
                               "published_top1": m.published.top1 if m.published else None,
@@ -297,7 +334,12 @@ def _cmd_models(args) -> int:
                       for name, a in ARCHS.items()},
         }, indent=2))
         return 0
-    print("Named models (--model NAME):")
+    from vitkit.assets import SHIPPED
+
+    print("Shipped with vitkit (offline, --model NAME):")
+    for name, (_, what) in SHIPPED.items():
+        print(f"  {name:<50} {what}")
+    print("\nNamed models (--model NAME):")
     for name, m in MODELS.items():
         zero_shot = f" (zero-shot ImageNet top-1 {m.zero_shot.top1}% published)" if m.zero_shot else ""
         print(f"  {name:<50} {ARCHS[m.arch].config.family:<7} {m.layout:<5} {m.labels:<12} {m.licence:<13} "

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from vitkit.assets import SHIPPED, shipped_path
 from vitkit.checkpoints import hub
 from vitkit.checkpoints.hf_config import config_from_hf, spec_from_hf
 from vitkit.checkpoints.io import CheckpointError, read_tensors
@@ -60,6 +61,8 @@ def load_network(model: str | None, arch: str | None = None, **runtime) -> Loade
         row = get_arch(arch)
         net = VisionTransformer(row.config.replace(**runtime)).eval()
         return Loaded(net, row.preprocess, f"{arch} (random weights)", "vitkit")
+    if model in SHIPPED:  # in the package: offline
+        return load_folder(shipped_path(model), arch, source=model, runtime=runtime)
     if model in MODELS:
         entry = MODELS[model]
         return load_folder(hub.fetch(entry.hub_id), arch or entry.arch, preprocess_for(entry), model, runtime)
@@ -71,10 +74,21 @@ def load_network(model: str | None, arch: str | None = None, **runtime) -> Loade
     if model in ARCHS:
         raise CheckpointError(f"{model} is an architecture, not weights: pass the weights with "
                               f"--model FILE --arch {model}, or --arch {model} alone for random weights")
+    if looks_local(model):
+        raise FileNotFoundError(f"no such file or folder: {model}")
     if hub.looks_like_hub_id(model):
         return load_folder(hub.fetch(model), arch, source=model, runtime=runtime)
     raise CheckpointError(f"cannot find model {model!r}: not a registry name (see `vitkit models`), not a local "
                           "file or folder, and not a hub id (org/name)")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt", ".onnx")
+
+
+def looks_local(model: str) -> bool:
+    """A path, not a hub id: it starts like one (./ ../ / ~), has more than one slash, or names a weights file."""
+    return (model.startswith((".", "/", "~", "\\")) or model.count("/") > 1 or "\\" in model
+            or model.lower().endswith(WEIGHT_SUFFIXES))
 
 
 def weights_in(folder: Path) -> Path:
