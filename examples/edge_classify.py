@@ -92,6 +92,12 @@ def preprocess(image: Image.Image, spec: dict) -> np.ndarray:
     elif spec["resize_mode"] == "exact":  # transformers: resize both sides, then floor-offset centre crop
         image = image.resize((resize, resize), resample)
         left = top = (resize - size) // 2
+    elif spec["resize_mode"] == "pad":  # letterbox: longer side to size, centred on the mean colour
+        scale = size / max(image.size)
+        new_w, new_h = (max(1, min(size, round(side * scale))) for side in image.size)
+        canvas = Image.new("RGB", (size, size), tuple(round(255 * m) for m in spec["mean"]))
+        canvas.paste(image.resize((new_w, new_h), resample), ((size - new_w) // 2, (size - new_h) // 2))
+        image, left, top = canvas, 0, 0
     else:
         raise ValueError(f"unknown resize_mode {spec['resize_mode']!r}")
     image = image.crop((left, top, left + size, top + size))  # outside the image: zeros

@@ -204,3 +204,21 @@ def test_edge_example_zero_shot_matches_vitkit(family, edge_python, tiny_image_t
     correct = sum(row["top_k"][0]["label"] == colour_photos[row["path"]] for row in rows)
     report(f"edge example zero-shot (tiny {family}, image + text ONNX, {len(photos)} photos): top-5 identical to vitkit, "
            f"max score diff {worst:.1e}; top-1 right {correct}/{len(photos)}")
+
+
+def test_the_edge_script_letterboxes_as_vitkit_does():
+    """examples/edge_classify.py's own preprocessing of a `pad` recipe (what an exported --resize-mode pad model
+    carries) equals vitkit's, bit for bit, on wide, tall and square images."""
+    import importlib.util
+
+    from vitkit.data.transforms import preprocess
+
+    spec_ = importlib.util.spec_from_file_location("edge_classify", Path(__file__).resolve().parents[1] / "examples" / "edge_classify.py")
+    edge = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(edge)
+    spec = dataclasses.replace(HF_DEIT, input_size=64).with_resize_mode("pad")
+    rng = np.random.default_rng(0)
+    for size in ((300, 70), (41, 200), (64, 64), (1, 9)):
+        image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        want = preprocess(image, spec).numpy()  # (3, 64, 64)
+        assert np.array_equal(edge.preprocess(image, spec.to_dict())[0], want), size

@@ -190,3 +190,50 @@ def test_table_normalization_is_bit_identical_to_the_arithmetic():
         direct = ((pixels.transpose(2, 0, 1) * (1 / 255)).astype(np.float32)
                   - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
         assert np.array_equal(_normalize(Image.fromarray(pixels), spec), direct)
+
+
+def test_pad_keeps_a_wide_images_far_left_object_that_crop_cuts_off():
+    """A 4:1 panorama with a red disk at its far left: the checkpoint's centre crop loses it, the letterbox keeps it
+    (at the position the geometry says), squash keeps it stretched; the padding is the mean colour (~0 normalised)."""
+    from PIL import ImageDraw
+
+    from vitkit.data.transforms import _letterbox_box, eval_view
+
+    wide = Image.new("RGB", (800, 200), "white")
+    ImageDraw.Draw(wide).ellipse((10, 60, 90, 140), fill=(255, 0, 0))  # centre (50, 100)
+    spec = PreprocessSpec(input_size=224, crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+    def red(view: Image.Image) -> np.ndarray:
+        px = np.asarray(view).astype(int)
+        return (px[:, :, 0] > 200) & (px[:, :, 1] < 60) & (px[:, :, 2] < 60)  # (H, W)
+
+    assert not red(eval_view(wide, spec.with_resize_mode("crop"))).any()
+    padded = eval_view(wide, spec.with_resize_mode("pad"))
+    found = red(padded)
+    left, top, new_w, new_h = _letterbox_box(800, 200, 224)
+    assert (left, top, new_w, new_h) == (0, 84, 224, 56)
+    ys, xs = np.nonzero(found)
+    assert abs(xs.mean() - 50 * 224 / 800) < 1.5 and abs(ys.mean() - (top + 100 * 56 / 200)) < 1.5
+    assert red(eval_view(wide, spec.with_resize_mode("squash"))).any()
+    pixels = preprocess(wide, spec.with_resize_mode("pad"))  # (3, 224, 224)
+    assert pixels[:, :top].abs().max() < 0.01 and pixels[:, top + new_h:].abs().max() < 0.01  # mean-colour bands
+    with pytest.raises(ValueError, match="resize mode 'fill' is not one of crop, pad, squash"):
+        spec.with_resize_mode("fill")
+
+
+def test_the_resize_mode_travels_into_jobs_exports_and_refuses_transformers(tmp_path):
+    import vitkit
+    from vitkit.batch.job import Job
+
+    digits = str(Path(__file__).resolve().parents[1] / "vitkit" / "assets" / "digits-vit")
+    padded = vitkit.load(digits, resize_mode="pad")
+    assert padded.spec.resize_mode == "pad" and padded.job_settings == {"resize_mode": "pad"}
+    assert vitkit.load(digits).job_settings == {}
+    pytest.importorskip("onnxruntime")
+    padded.save(tmp_path / "pad.onnx", format="onnx")
+    assert vitkit.load(str(tmp_path / "pad.onnx")).spec.resize_mode == "pad"  # the file's own recipe
+    with pytest.raises(ValueError, match="no transformers image processor"):
+        padded.save(tmp_path / "hf")
+    wide = Image.new("RGB", (128, 32), "white")
+    assert torch.equal(padded.preprocess(wide), vitkit.load(str(tmp_path / "pad.onnx")).preprocess(wide))
+    assert Job(["a"], tmp_path / "o.jsonl", padded.job_settings, 1).fingerprint["resize_mode"] == "pad"

@@ -121,7 +121,8 @@ class Model:
 
     def __init__(self, loaded: Loaded, device: str | torch.device | None = "auto", image_size: int | None = None,
                  backend: str | None = None, dtype: str | torch.dtype | None = None, precision: str = "exact",
-                 batch_size: int = 16, calibration: list[ImageInput] | None = None, log=None):
+                 batch_size: int = 16, calibration: list[ImageInput] | None = None, log=None,
+                 resize_mode: str = "crop"):
         dtype = dtype_name(dtype)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
@@ -129,7 +130,9 @@ class Model:
             raise ValueError("precision 'fast' (--fast) chooses the backend and dtype itself: drop --backend/--dtype")
         self.device = resolve_device(device)
         self.net = loaded.net.to(self.device).eval()
-        self.spec: PreprocessSpec = loaded.preprocess.at_size(image_size or loaded.preprocess.input_size)
+        self.resize_mode = resize_mode  # "crop" (the checkpoint's own), "pad" or "squash": PreprocessSpec.with_resize_mode
+        self.spec: PreprocessSpec = loaded.preprocess.at_size(image_size or loaded.preprocess.input_size
+                                                              ).with_resize_mode(resize_mode)
         check_tokens(self.spec.input_size, loaded.net.config.patch_size, "--image-size")
         self.source = loaded.source
         self.layout = loaded.layout
@@ -196,8 +199,10 @@ class Model:
     @property
     def job_settings(self) -> dict:
         """What a batch job's rows depend on besides the model's source and input size: the runtime when it is not
-        exact fp32 (a job is never resumed in another precision), and a zero-shot classifier's label set."""
-        return {} if self.runtime == "exact" else {"runtime": self.runtime}
+        exact fp32 (a job is never resumed in another precision), a resize mode other than the checkpoint's crop,
+        and a zero-shot classifier's label set."""
+        settings = {} if self.runtime == "exact" else {"runtime": self.runtime}
+        return settings if self.resize_mode == "crop" else {**settings, "resize_mode": self.resize_mode}
 
     def preprocess(self, images: ImageInput | list[ImageInput]) -> torch.Tensor:
         """Images (any ImageInput) -> (B, 3, H, W) float32 on the CPU, the checkpoint's resize, crop and
@@ -351,7 +356,7 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
          device: str | torch.device | None = "auto", backend: str | None = None,
          dtype: str | torch.dtype | None = None, precision: str = "exact", batch_size: int = 16,
          calibration: list[ImageInput] | None = None, log=None, num_classes: int | None = None,
-         labels: list[str] | None = None, **runtime) -> Model:
+         labels: list[str] | None = None, resize_mode: str = "crop", **runtime) -> Model:
     """Load a registry name, hub id, local folder or weights file (with `arch` when it carries no
     config; `arch` alone gives random weights). `image_size` runs the model at another resolution.
     device: "auto" (default: a CUDA GPU when there is one, else the CPU), "cpu", "cuda:1", a torch.device.
@@ -359,6 +364,8 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
     fast inference-only network (see vitkit.runtime); without them the network is the plain, trainable one.
     num_classes / labels: a fresh classifier head for that many classes (named by `labels`, else class_0 ...),
     initialised as for training (the backbone's weights kept): the start of a fine-tune.
+    resize_mode: "crop" (the checkpoint's own centre crop), "pad" (the whole image letterboxed onto the mean colour:
+    wide product photos, documents, panoramas) or "squash" (the whole image stretched to the square).
 
         >>> vitkit.load("vitkit/assets/digits-vit").config.num_classes
         10
@@ -372,7 +379,8 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
     from vitkit.runtime.onnx_backend import is_onnx_file, load_onnx
 
     if is_onnx_file(model):  # graph, preprocessing and labels all come from the file
-        return Model(load_onnx(model, device=resolve_device(device), image_size=image_size), device=device)
+        return Model(load_onnx(model, device=resolve_device(device), image_size=image_size), device=device,
+                     resize_mode=resize_mode)
     loaded = load_network(model, arch, **runtime)
     if num_classes is not None or labels is not None:
         names = list(labels) if labels is not None else [f"class_{i}" for i in range(num_classes or 0)]
@@ -382,4 +390,4 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
             raise ValueError("num_classes must be >= 1 (a backbone without a head: load it without num_classes)")
         loaded.net.reset_classifier(names)
     return Model(loaded, device=device, image_size=image_size, backend=backend, dtype=dtype, precision=precision,
-                 batch_size=batch_size, calibration=calibration, log=log)
+                 batch_size=batch_size, calibration=calibration, log=log, resize_mode=resize_mode)

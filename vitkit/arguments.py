@@ -53,13 +53,14 @@ SECONDS = float_in(0.0, 86_400.0, low_open=True)
 FRACTION = float_in(0.0, 1.0)
 
 
-def runtime_options(args: argparse.Namespace, inputs: list[str] | None = None, batch_size: int | None = None) -> dict:
-    """The runtime flags (--backend, --dtype, --fast, --fast-images) as `vitkit.load` keywords. With --fast the
+def load_options(args: argparse.Namespace, inputs: list[str] | None = None, batch_size: int | None = None) -> dict:
+    """The flags that shape the loaded model (--resize-mode, --backend, --dtype, --fast, --fast-images) as `vitkit.load`
+    keywords. With --fast the
     candidates are checked on --fast-images, else on the first of the job's `inputs`, else on a generated set, at
     `batch_size` (default: the command's --batch-size); its choice and measurements are printed to stderr."""
     import sys
 
-    options = {"backend": args.backend, "dtype": args.dtype}
+    options = {"backend": args.backend, "dtype": args.dtype, "resize_mode": getattr(args, "resize_mode", "crop")}
     if getattr(args, "fast", False):
         options.update(precision="fast", batch_size=batch_size or getattr(args, "batch_size", None) or 16,
                        calibration=args.fast_images or inputs, log=lambda line: print(line, file=sys.stderr))

@@ -17,6 +17,7 @@ import sys
 from vitkit import arguments as A
 from vitkit.limits import MAX_PIXELS
 from vitkit.choices import BACKENDS, DTYPES, POOLS, SAVE_FORMATS
+from vitkit.config import RESIZE_MODES
 from vitkit.evaluate.layouts import LAYOUTS
 from vitkit.output import FORMATS as OUTPUT_FORMATS
 from vitkit.train import config as train_config
@@ -27,6 +28,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         "or weights file; omit it and give --arch for random weights")
     parser.add_argument("--arch", help="architecture for a weights file without config, e.g. deit_tiny_patch16_224")
     parser.add_argument("--image-size", type=A.IMAGE_SIZE, help="run at this input side (positions are resampled)")
+    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default="crop",
+                        help="crop: the checkpoint's centre crop (default); pad: the whole image letterboxed onto the "
+                             "mean colour (wide photos, documents, panoramas); squash: the whole image stretched")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
 
 
@@ -286,7 +290,7 @@ def _load_for_batch(args, inputs: list[str]):
     device = distributed.init_from_env(args.device) or args.device
     check_output(getattr(args, "output", None), args.chunk_size, args.batch_size)
     model = load(args.model, args.arch, image_size=args.image_size, device=device,
-                 **A.runtime_options(args, inputs))
+                 **A.load_options(args, inputs))
     if args.model is None:
         print(f"warning: {model.source}: outputs are meaningless", file=sys.stderr)
     return model
@@ -412,7 +416,7 @@ def _cmd_bench(args) -> int:
     from vitkit.tasks.bench import bench_end_to_end, bench_model, with_peak_fraction
 
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
-                 **A.runtime_options(args, [args.e2e] if args.e2e else None))
+                 **A.load_options(args, [args.e2e] if args.e2e else None))
     if args.e2e:
         result = bench_end_to_end(model, args.e2e, args.batch_size, args.workers, draft=args.fast_decode)
     else:
@@ -433,6 +437,9 @@ def _cmd_bench(args) -> int:
 def _cmd_finetune(args) -> int:
     from vitkit.train.trainer import Trainer
 
+    if args.resize_mode != "crop":
+        raise ValueError("--resize-mode is for inference (classify, embed, eval, index, serve, export): fine-tuning "
+                         "trains on random crops inside the checkpoint's own view")
     Trainer(train_config.from_arguments(args), resume=args.resume, overwrite=args.overwrite).fit()
     return 0
 
@@ -445,7 +452,7 @@ def _cmd_eval(args) -> int:
     from vitkit.evaluate.run import evaluate_folder, published_protocol
 
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
-                 **A.runtime_options(args, [args.data]))
+                 **A.load_options(args, [args.data]))
     if args.protocol == "published":
         model.spec = published_protocol(model.spec, args.model, args.arch)
     if args.crop_pct:
@@ -469,7 +476,7 @@ def _cmd_zero_shot_eval(args) -> int:
     if labels is None:
         labels, imagenet = class_names(args.data, args.truth)
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
-                 **A.runtime_options(args, [args.data]))
+                 **A.load_options(args, [args.data]))
     classifier = _zero_shot(args, model, labels)
     evaluation = evaluate_zero_shot(classifier, args.data, args.truth, args.layout, args.batch_size, args.workers,
                                     not args.no_progress, args.model, imagenet)
@@ -493,7 +500,7 @@ def _cmd_export(args) -> int:
     from vitkit.api import load
     from vitkit.onnx import export_onnx
 
-    model = load(args.model, args.arch, device="cpu")
+    model = load(args.model, args.arch, device="cpu", resize_mode=args.resize_mode)
     report = export_onnx(model, args.out, image_size=args.image_size, dynamic_batch=args.dynamic_batch,
                          opset=args.opset, dtype=args.dtype)
     print(json.dumps(report.to_dict()) if args.json else f"wrote {report.summary()}")

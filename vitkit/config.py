@@ -254,6 +254,9 @@ BEIT_FIELDS = dict(
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 
+RESIZE_MODES = ("crop", "pad", "squash")  # how an image meets the square input: see PreprocessSpec.with_resize_mode
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How pixels reach the model: resize, centre crop, scale to [0, 1], normalize.
@@ -261,11 +264,13 @@ class PreprocessSpec:
     resize_mode "shortest": shorter side to floor(input_size / crop_pct), aspect kept (timm's eval rule).
     resize_mode "exact":    both sides to floor(input_size / crop_pct) (transformers' ViT/BEiT/DeiT processors).
     Then a centre crop of input_size x input_size (a no-op when crop_pct is 1).
+    resize_mode "pad":      the whole image, aspect kept: the longer side to input_size, centred on an input_size
+                            square of the mean colour (letterbox; crop_pct is not used). See `with_resize_mode`.
     """
 
     input_size: int = 224
     crop_pct: float = 0.875
-    resize_mode: Literal["shortest", "exact"] = "shortest"
+    resize_mode: Literal["shortest", "exact", "pad"] = "shortest"
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -273,8 +278,8 @@ class PreprocessSpec:
     def __post_init__(self):
         check_int("input_size", self.input_size, *INPUT_SIZE)
         check_float("crop_pct", self.crop_pct, 0.0, 2.0, low_open=True)  # > 1: zero padding
-        if self.resize_mode not in ("shortest", "exact"):
-            raise ValueError(f"resize_mode {self.resize_mode!r} is not 'shortest' or 'exact'")
+        if self.resize_mode not in ("shortest", "exact", "pad"):
+            raise ValueError(f"resize_mode {self.resize_mode!r} is not 'shortest', 'exact' or 'pad'")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
         for name in ("mean", "std"):
@@ -289,6 +294,24 @@ class PreprocessSpec:
     @property
     def resize(self) -> int:
         return math.floor(self.input_size / self.crop_pct)  # timm's rule, e.g. 224 / 0.9 -> 248
+
+    def with_resize_mode(self, mode: str) -> "PreprocessSpec":
+        """A user's choice of how the image meets the square input (RESIZE_MODES): "crop" this recipe as it is (the
+        checkpoint's centre crop), "pad" the whole image letterboxed onto the mean colour, "squash" the whole image
+        stretched to the square."""
+        if mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode {mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        if mode == "crop":
+            return self
+        return dataclasses.replace(self, resize_mode="pad" if mode == "pad" else "exact", crop_pct=1.0)
+
+    @property
+    def whole_image(self) -> str:
+        """Which RESIZE_MODES choice this recipe is: "pad", "squash" (both sides to the input, nothing cut) or
+        "crop"."""
+        if self.resize_mode == "pad":
+            return "pad"
+        return "squash" if self.resize_mode == "exact" and self.crop_pct == 1.0 else "crop"
 
     def at_size(self, input_size: int) -> "PreprocessSpec":
         """The same recipe for another model input side, keeping the crop fraction."""

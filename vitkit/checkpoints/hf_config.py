@@ -168,6 +168,9 @@ def spec_to_hf(spec: PreprocessSpec, model_type: str) -> dict:
     BitImageProcessor, the transformers processor that resizes the shortest edge and centre-crops."""
     common = dict(do_resize=True, resample=RESAMPLE_CODE[spec.interpolation], do_rescale=True,
                   rescale_factor=1 / 255, do_normalize=True, image_mean=list(spec.mean), image_std=list(spec.std))
+    if spec.resize_mode == "pad":
+        raise ValueError("resize mode pad (letterbox) has no transformers image processor: save the model without "
+                         "--resize-mode pad, or export it (vitkit export onnx keeps the mode in its metadata)")
     crop = spec.resize != spec.input_size
     if spec.resize_mode == "shortest":
         return dict(common, image_processor_type="BitImageProcessor", size={"shortest_edge": spec.resize},

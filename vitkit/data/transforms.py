@@ -65,13 +65,33 @@ def eval_view(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
         return _centre_crop_torchvision(image.resize((new_w, new_h), resample), spec.input_size)
     if spec.resize_mode == "exact":
         return _centre_crop_transformers(image.resize((spec.resize, spec.resize), resample), spec.input_size)
-    raise ValueError(f"unknown resize_mode {spec.resize_mode!r}: expected 'shortest' or 'exact'")
+    if spec.resize_mode == "pad":
+        return _letterbox(image, spec, resample)
+    raise ValueError(f"unknown resize_mode {spec.resize_mode!r}: expected 'shortest', 'exact' or 'pad'")
+
+
+def _letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, new width, new height): the image scaled so its longer side is `size` (the shorter rounded, at
+    least 1 px), centred (offsets floored) in a size x size square."""
+    scale = size / max(width, height)
+    new_w, new_h = max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
+    return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
+
+
+def _letterbox(image: Image.Image, spec: PreprocessSpec, resample: Image.Resampling) -> Image.Image:
+    """The whole image on a square of the mean colour (which normalises to ~0), at the positions of _letterbox_box."""
+    left, top, new_w, new_h = _letterbox_box(image.width, image.height, spec.input_size)
+    canvas = Image.new("RGB", (spec.input_size, spec.input_size), tuple(round(255 * m) for m in spec.mean))
+    canvas.paste(image.resize((new_w, new_h), resample), (left, top))
+    return canvas
 
 
 def eval_region(width: int, height: int, spec: PreprocessSpec) -> tuple[float, float, float, float]:
     """(left, top, right, bottom) of the source pixels that `eval_view` shows, for an image of that size:
     training crops are taken inside it, so that what is learnt is seen in the geometry of inference."""
     size = spec.input_size
+    if spec.resize_mode == "pad":  # nothing is cut
+        return 0.0, 0.0, float(width), float(height)
     if spec.resize_mode == "shortest":
         new_w, new_h = _shorter_side_size(width, height, spec.resize)
     else:

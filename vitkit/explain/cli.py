@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fast:
         raise ValueError("--fast is not for explain: attention maps come from the PyTorch network (use --dtype)")
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device, backend=args.backend,
-                 dtype=args.dtype)
+                 dtype=args.dtype, resize_mode=args.resize_mode)
     if args.model is None:
         print(f"warning: {model.source}: random weights, the maps are meaningless", file=sys.stderr)
     require_attention_maps(model.net)

@@ -102,7 +102,7 @@ def _load(args, meta=None):
     """The model of --model/--arch, else the one recorded in the index's metadata."""
     from vitkit.api import load
 
-    options = {"device": args.device, **A.runtime_options(args, getattr(args, "paths", None))}
+    options = {"device": args.device, **A.load_options(args, getattr(args, "paths", None))}
     if args.model or args.arch:
         return load(args.model, args.arch, image_size=args.image_size, **options)
     if meta is None:

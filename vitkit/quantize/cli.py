@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.recipe and args.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {args.recipe!r}: choose {', '.join(RECIPES)}")
-    model = load(args.model, args.arch, image_size=args.image_size, device="cpu")
+    model = load(args.model, args.arch, image_size=args.image_size, device="cpu", resize_mode=args.resize_mode)
     say = (lambda msg: None) if args.json else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     if args.text_out:
         return _image_text(args, model, say)

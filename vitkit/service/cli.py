@@ -60,7 +60,7 @@ def _cmd_serve(args) -> int:
     from vitkit.service.routes import Limits
 
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
-                 **A.runtime_options(args, batch_size=args.max_batch))
+                 **A.load_options(args, batch_size=args.max_batch))
     index = _open_index(args.index) if args.index else None
     text = text_tower_of(model, index.meta.pool if index else args.pool) if args.text else None
     engine = Engine(model, args.max_batch, args.max_wait_ms, args.queue_size, args.threads, args.max_pixels,
