@@ -240,3 +240,15 @@ def test_the_shipped_digits_model_has_a_name(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["top_k"][0]["label"] in "0123456789"
     assert vitkit.load("vitkit-digits").labels == tuple("0123456789")
+
+
+def test_a_weights_file_beside_its_config_uses_that_config(tmp_path, capsys):
+    from pathlib import Path
+
+    folder = Path(vitkit.__file__).parent / "assets" / "digits-vit"
+    by_file, by_folder = vitkit.load(str(folder / "model.safetensors")), vitkit.load(str(folder))
+    assert by_file.labels == by_folder.labels == tuple("0123456789") and by_file.spec == by_folder.spec
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(by_file(x), by_folder(x))
+    assert cli(["info", str(folder / "model.safetensors")]) == 0
+    assert "class_0" not in capsys.readouterr().out

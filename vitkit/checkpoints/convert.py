@@ -70,6 +70,8 @@ def load_network(model: str | None, arch: str | None = None, **runtime) -> Loade
     if path.is_dir():
         return load_folder(path, arch, runtime=runtime)
     if path.is_file():
+        if arch is None and path.suffix.lower() in WEIGHT_SUFFIXES and _has_folder_config(path.parent):
+            return load_folder(path.parent, source=str(path), runtime=runtime, weights=path)  # its config beside it
         return load_file(path, arch, runtime=runtime)
     if model in ARCHS:
         raise CheckpointError(f"{model} is an architecture, not weights: pass the weights with "
@@ -83,6 +85,10 @@ def load_network(model: str | None, arch: str | None = None, **runtime) -> Loade
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt", ".onnx")
+
+
+def _has_folder_config(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / "open_clip_config.json").is_file()
 
 
 def looks_local(model: str) -> bool:
@@ -103,13 +109,14 @@ def weights_in(folder: Path) -> Path:
 
 
 def load_folder(folder: Path, arch: str | None = None, fallback_spec: PreprocessSpec | None = None,
-                source: str | None = None, runtime: dict | None = None) -> Loaded:
+                source: str | None = None, runtime: dict | None = None, weights: Path | None = None) -> Loaded:
     """A transformers or timm folder. Preprocessing comes from the folder itself (vitkit's exact spec in
     config.json, else preprocessor_config.json, else timm's pretrained_cfg); `fallback_spec` (a registry
-    row) is used only when the folder says nothing."""
+    row) is used only when the folder says nothing. `weights`: this file of the folder instead of the one
+    weights_in finds (a weights file given by path, beside its config)."""
     folder = Path(folder)
     source = source or str(folder)
-    weights = weights_in(folder)
+    weights = weights or weights_in(folder)
     config_file = folder / "config.json"
     meta = parsed(config_file, lambda: json_object(config_file)) if config_file.is_file() else {}
     spec = parsed(config_file, lambda: PreprocessSpec.from_dict(meta[VITKIT_PREPROCESS])) \
