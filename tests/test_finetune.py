@@ -707,3 +707,17 @@ def test_linear_probe_of_real_deit_tiny_beats_chance_and_reloads_in_transformers
            f"max |pixel diff| (AutoImageProcessor vs vitkit) {pixel_diff:.1e} on {len(photos)} images")
     assert theirs.argmax(1).tolist() == mine(pixels).argmax(1).tolist()
     assert logit_diff <= 1e-4 and pixel_diff <= 1e-5
+
+
+def test_the_saved_model_has_a_hugging_face_model_card(plain):
+    """README.md with a YAML header that huggingface_hub's ModelCard parses: library, base model, licence, the
+    validation top-1 the log recorded for the saved epoch, and how to load it."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(plain / "README.md")
+    assert card.data.library_name == "vitkit" and card.data.pipeline_tag == "image-classification"
+    assert card.data.base_model.endswith("tiny.safetensors") and card.data.license == "other"
+    best = max(r["val_top1"] for r in rows(plain, "epoch") + rows(plain, "probe") if "val_top1" in r)
+    assert f"| validation top-1 | {100 * best:.2f}% |" in card.text
+    assert 'vitkit.load("' in card.text and "AutoModelForImageClassification.from_pretrained" in card.text
+    assert vitkit.load(str(plain)).labels == tuple(json.loads((plain / "config.json").read_text())["id2label"].values())

@@ -34,8 +34,10 @@ from tqdm import tqdm
 
 from vitkit.api import load as load_model, resolve_device
 from vitkit.checkpoints.io import atomic_path, publish, write_atomic_text
+from vitkit.checkpoints.model_card import hf_folder_loading, model_card, write_model_card
 from vitkit.checkpoints.save import save_folder
 from vitkit.data.workers import die_with_parent
+from vitkit.models.registry import MODELS
 from vitkit.models.vit import VisionTransformer
 from vitkit.batch import distributed
 from vitkit.train.augment import eval_transform, mixup_cutmix, train_transform
@@ -331,6 +333,22 @@ class Trainer:
     def _save_model(self) -> None:
         if self.rank == 0:
             save_folder(self._eval_net(), self.spec, self.out)
+            write_model_card(self.out, self._model_card())
+
+    def _model_card(self) -> str:
+        """README.md for the saved (best) model: base, data, recipe, its validation figures, how to load it."""
+        cfg, state = self.cfg, self.state
+        val = len(self.val_set) if self.val_set is not None else 0
+        metrics = {"validation top-1": state.best_top1} if self.val_set is not None else {}
+        metrics["saved at"] = "the linear probe" if state.best_epoch == 0 else f"epoch {state.best_epoch}"
+        recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out", "device", "workers")}
+        arch = cfg.arch or (MODELS[cfg.model].arch if cfg.model in MODELS else None)
+        summary = (f"An image classifier of {len(self.labels)} classes ({', '.join(self.labels[:10])}"
+                   f"{', ...' if len(self.labels) > 10 else ''}) fine-tuned by `vitkit finetune` on {cfg.data}: "
+                   f"{len(self.train_set)} training images, {val} validation images.")
+        return model_card(title=f"{Path(cfg.out).name}: fine-tuned from {cfg.model or cfg.arch}",
+                          base_model=cfg.model, summary=summary, recipe=recipe, metrics=metrics,
+                          how_to_load=hf_folder_loading(str(self.out), arch, len(self.labels)))
 
     def _save_checkpoint(self) -> None:
         if self.rank != 0:
