@@ -161,6 +161,7 @@ def test_every_fast_runtime_keeps_the_rows_their_format_and_order(digit_folder, 
 def test_a_job_started_exact_is_not_resumed_in_another_precision(digit_folder, tmp_path, monkeypatch):
     """Two precisions never mix in one output: a fast runtime is part of a job's fingerprint."""
     from vitkit.batch.job import Job
+    from vitkit.checkpoints.provenance import weights_digest
     from vitkit.tasks.classify import classify_to_file
 
     others = [r for r in fast.candidates(torch.device("cpu")) if r != "fp32"]
@@ -171,7 +172,8 @@ def test_a_job_started_exact_is_not_resumed_in_another_precision(digit_folder, t
     exact = vitkit.load(DIGITS)
     paths, out = _images(digit_folder), tmp_path / "preds.jsonl"
     settings = {"task": "classify", "arch": None, "top_k": 5, "format": "jsonl"}  # as classify_to_file's
-    job = Job(paths, out, {"model": exact.source_id, "input_size": exact.spec.input_size, **settings}, 16)
+    weights = {"weights": weights_digest(exact.provenance)}  # the same file: only the runtime differs
+    job = Job(paths, out, {"model": exact.source_id, "input_size": exact.spec.input_size, **weights, **settings}, 16)
     job.open()  # an exact job that was interrupted before its first part
     job.release()
     with pytest.raises(RuntimeError, match="unfinished job with other runtime"):

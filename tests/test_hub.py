@@ -41,7 +41,7 @@ for name in sys.argv[2:]:
             logits = loaded.net(x)
         results[name] = dict(ok=True, folder=loaded.source, width=loaded.net.config.width,
                              labels=list(loaded.net.labels), input_size=loaded.preprocess.input_size,
-                             logits=logits.tolist())
+                             logits=logits.tolist(), provenance=loaded.provenance)
     except Exception as err:
         results[name] = dict(ok=False, type=type(err).__name__, message=str(err))
 print("RESULTS " + json.dumps(results))
@@ -105,7 +105,8 @@ def hub(tmp_path_factory, randomise):
         assert proc.returncode == 0 and lines, proc.stdout + proc.stderr
         return json.loads(lines[-1].removeprefix("RESULTS "))
 
-    return dict(cache=cache, expected=expected, run=run)
+    return dict(cache=cache, expected=expected, run=run, sources={r: root / f"src{i}" for i, r in
+                                                                 enumerate((CACHED, REGISTRY_CACHED))})
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +175,18 @@ def test_an_image_text_registry_name_runs_zero_shot_offline(tiny_image_text, col
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["top_k"][0]["label"] for r in rows] == [colour_photos[p] for p in photos]
+
+
+def test_a_pinned_revision_is_read_and_recorded_with_the_weights_sha256(hub):
+    """org/name@COMMIT and @main read the cached snapshot; the provenance names the commit read and the sha256 of
+    the weights file, which equals hashlib's over the file that was put in the cache; an unknown revision is a clear
+    error, offline."""
+    commit = hashlib.sha1(CACHED.encode()).hexdigest()  # add_to_cache's commit
+    want = hashlib.sha256((hub["sources"][CACHED] / "model.safetensors").read_bytes()).hexdigest()
+    results = hub["run"]([CACHED, f"{CACHED}@{commit}", f"{CACHED}@main", f"{CACHED}@v9-missing"])
+    for name, revision in ((CACHED, None), (f"{CACHED}@{commit}", commit), (f"{CACHED}@main", "main")):
+        assert_loaded_from_cache(results[name], hub["expected"][CACHED])
+        found = results[name]["provenance"]
+        assert found == {"revision": revision, "commit": commit, "sha256": {"model.safetensors": want}}, found
+    missing = results[f"{CACHED}@v9-missing"]
+    assert not missing["ok"] and "not in the local Hugging Face cache" in missing["message"]

@@ -383,3 +383,52 @@ def test_chunk_size_must_be_a_multiple_of_batch_size(folder, saved, tmp_path):
         assert code == 2, err
         assert "--chunk-size 50 must be a multiple of --batch-size 16" in err
     assert not list(tmp_path.iterdir()), "nothing may be written before the settings are checked"
+
+
+def test_a_job_is_never_resumed_on_changed_weights_and_exports_record_them(tmp_path, monkeypatch, capsys):
+    """The sha256 of the weights is in a job's fingerprint: half a job made with one file, then the file changes,
+    and the resumed run is refused instead of mixing two models' rows; ONNX exports and `vitkit info` carry it."""
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import vitkit
+    from vitkit.api import Model
+    from vitkit.batch.job import Loader
+    from vitkit.cli import main
+    from vitkit.tasks.classify import classify_to_file
+
+    folder = tmp_path / "digits"
+    shutil.copytree(Path(vitkit.__file__).parent / "assets" / "digits-vit", folder)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (30 * i, 0, 0)).save(images / f"{i}.png")
+    paths = sorted(str(p) for p in images.iterdir())
+    model = vitkit.load(str(folder))
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert model.provenance == {"revision": None, "commit": None, "sha256": {"model.safetensors": digest}}
+    calls, top_k = [], Model.top_k
+
+    def interrupted(self, logits, k=5):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return top_k(self, logits, k)
+
+    monkeypatch.setattr(Model, "top_k", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        classify_to_file(model, paths, tmp_path / "preds.jsonl", 3, "jsonl", 4, Loader(4, 0))
+    monkeypatch.setattr(Model, "top_k", top_k)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({k: v + 0.01 for k, v in tensors.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RuntimeError, match="unfinished job with other weights"):
+        classify_to_file(vitkit.load(str(folder)), paths, tmp_path / "preds.jsonl", 3, "jsonl", 4,
+                         Loader(4, 0))
+    pytest.importorskip("onnxruntime")
+    changed = vitkit.load(str(folder))
+    changed.save(tmp_path / "d.onnx", format="onnx")
+    assert main(["info", str(tmp_path / "d.onnx")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["exported_from"] == changed.provenance and info["exported_from"]["sha256"]["model.safetensors"] != digest

@@ -136,6 +136,7 @@ class Model:
         check_tokens(self.spec.input_size, loaded.net.config.patch_size, "--image-size")
         self.source = loaded.source
         self.layout = loaded.layout
+        self.provenance: dict = loaded.provenance  # the hub commit and the sha256 of the weights files read
         self.fast = None  # precision "fast": the FastChoice (what was chosen, and what every candidate measured)
         if precision == "fast" and self.layout != "onnx":
             from vitkit.runtime.fast import choose
@@ -356,7 +357,8 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
          device: str | torch.device | None = "auto", backend: str | None = None,
          dtype: str | torch.dtype | None = None, precision: str = "exact", batch_size: int = 16,
          calibration: list[ImageInput] | None = None, log=None, num_classes: int | None = None,
-         labels: list[str] | None = None, resize_mode: str = "crop", **runtime) -> Model:
+         labels: list[str] | None = None, resize_mode: str = "crop", revision: str | None = None,
+         **runtime) -> Model:
     """Load a registry name, hub id, local folder or weights file (with `arch` when it carries no
     config; `arch` alone gives random weights). `image_size` runs the model at another resolution.
     device: "auto" (default: a CUDA GPU when there is one, else the CPU), "cpu", "cuda:1", a torch.device.
@@ -364,6 +366,8 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
     fast inference-only network (see vitkit.runtime); without them the network is the plain, trainable one.
     num_classes / labels: a fresh classifier head for that many classes (named by `labels`, else class_0 ...),
     initialised as for training (the backbone's weights kept): the start of a fine-tune.
+    revision: a hub branch, tag or commit to read (as "org/name@REV"); model.provenance records the commit read and
+    the sha256 of every weights file.
     resize_mode: "crop" (the checkpoint's own centre crop), "pad" (the whole image letterboxed onto the mean colour:
     wide product photos, documents, panoramas) or "squash" (the whole image stretched to the square).
 
@@ -379,9 +383,12 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
     from vitkit.runtime.onnx_backend import is_onnx_file, load_onnx
 
     if is_onnx_file(model):  # graph, preprocessing and labels all come from the file
-        return Model(load_onnx(model, device=resolve_device(device), image_size=image_size), device=device,
-                     resize_mode=resize_mode)
-    loaded = load_network(model, arch, **runtime)
+        from vitkit.checkpoints.provenance import provenance
+
+        graph = load_onnx(model, device=resolve_device(device), image_size=image_size)
+        graph.provenance = provenance(model, None)
+        return Model(graph, device=device, resize_mode=resize_mode)
+    loaded = load_network(model, arch, revision, **runtime)
     if num_classes is not None or labels is not None:
         names = list(labels) if labels is not None else [f"class_{i}" for i in range(num_classes or 0)]
         if num_classes is not None and len(names) != num_classes:

@@ -533,9 +533,14 @@ def _cmd_info(args) -> int:
     model = load(args.source, args.arch, device="cpu")
     labels = model.labels
     text = text_tower_of(model) if model.layout != "onnx" else None
+    exported_from = None
+    if model.layout == "onnx":  # the weights the graph was exported from
+        props = model.net.session.get_modelmeta().custom_metadata_map
+        exported_from = json.loads(props["vitkit_provenance"]) if "vitkit_provenance" in props else None
     print(json.dumps({"source": model.source, "layout": model.layout, "config": model.config.to_dict() | {
         "labels": list(labels[:5]) + (["..."] if len(labels) > 5 else [])},
         "preprocess": model.spec.to_dict(), "parameters": sum(t.numel() for t in model.net.state_dict().values()),
+        "provenance": model.provenance, **({"exported_from": exported_from} if exported_from else {}),
         "text": None if text is None else {"config": text.net.config.to_dict(), "tokenizer": text.tokenizer.kind,
                                            "context_length": text.tokenizer.context_length,
                                            "parameters": sum(t.numel() for t in text.net.state_dict().values())}},

@@ -239,6 +239,10 @@ class ZeroShotClassifier:
         return self.model.source_id
 
     @property
+    def provenance(self) -> dict:
+        return self.model.provenance
+
+    @property
     def job_settings(self) -> dict:
         """What a job's rows depend on beyond the image model: the text tower, the labels and the templates."""
         digest = hashlib.blake2b(json.dumps([self.text.fingerprint, self.labels, self.templates]).encode(),

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from vitkit.batch import distributed
 from vitkit.batch.map import Chunk, Step, concat_chunks, map_images, positions
 from vitkit.checkpoints.io import atomic_path, publish
+from vitkit.checkpoints.provenance import weights_digest
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.output import json_text
 
@@ -223,7 +224,9 @@ def run_to_file(model, paths: list[str], output: str | Path, settings: dict, ste
     on rank 0, when all are done). `settings` (what the rows depend on) join the model and its input size in
     the job's fingerprint: a re-run with other settings is refused rather than mixed in."""
     check_output(output, chunk_size, loader.batch_size)
-    job = Job(paths, output, {"model": model.source_id, "input_size": model.spec.input_size, **settings}, chunk_size)
+    weights = weights_digest(getattr(model, "provenance", {}) or {})  # changed weights: never resumed
+    job = Job(paths, output, {"model": model.source_id, "input_size": model.spec.input_size,
+                              **({"weights": weights} if weights else {}), **settings}, chunk_size)
     stats = run(job, model.spec, step, loader.batch_size, loader.workers, loader.max_pixels, loader.fast_decode,
                 pin_memory=model.device.type == "cuda", progress=loader.progress)
     if finish(job, merge):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from vitkit.checkpoints.io import CheckpointError, read_tensors
 from vitkit.checkpoints.keymap import short
 from vitkit.checkpoints.layouts import (JAX_KEYMAP, OPENCLIP_KEYMAP, detect_layout, hf_keymap, hf_prefix,
                                         strip_jax_prefix, timm_keymap)
+from vitkit.checkpoints.provenance import provenance, split_revision
 from vitkit.checkpoints.openclip_config import config_from_openclip, spec_from_openclip
 from vitkit.config import RUNTIME_FIELDS, PreprocessSpec, ViTConfig
 from vitkit.models.pos_embed import resample_abs_pos_embed, resample_rel_pos_table
@@ -41,6 +42,7 @@ class Loaded:
     preprocess: PreprocessSpec
     source: str  # what was loaded, for messages and metadata
     layout: str  # "hf", "timm", "jax", "openclip" or "vitkit"
+    provenance: dict = field(default_factory=dict)  # hub commit and weights sha256 (checkpoints.provenance)
 
     def __repr__(self) -> str:
         c = self.net.config
@@ -48,10 +50,22 @@ class Loaded:
                 f"classes={c.num_classes}, input={self.preprocess.input_size})")
 
 
-def load_network(model: str | None, arch: str | None = None, **runtime) -> Loaded:
-    """Resolve `model` and build the network. With no model, `arch` alone gives random weights.
-    `runtime`: config fields that change behaviour, not weights (see config.RUNTIME_FIELDS), e.g.
+def load_network(model: str | None, arch: str | None = None, revision: str | None = None, **runtime) -> Loaded:
+    """Resolve `model` and build the network, with its provenance (the hub commit read, the sha256 of its weights
+    files). With no model, `arch` alone gives random weights. `revision` (or `org/name@REV`): a hub branch, tag or
+    commit. `runtime`: config fields that change behaviour, not weights (see config.RUNTIME_FIELDS), e.g.
     rel_pos_resize="bilinear" to resize BEiT tables as transformers does."""
+    if model is not None:
+        model, pinned = split_revision(model)
+        revision = revision or pinned
+    loaded, where = _resolve(model, arch, revision, runtime)
+    if where is not None:
+        loaded.provenance = provenance(weights_in(where) if where.is_dir() else where, revision)
+    return loaded
+
+
+def _resolve(model: str | None, arch: str | None, revision: str | None, runtime: dict) -> tuple[Loaded, Path | None]:
+    """-> (the loaded network, the folder or file its weights came from; None for random weights)."""
     unknown = set(runtime) - set(RUNTIME_FIELDS)
     if unknown:
         raise ValueError(f"cannot override {sorted(unknown)} at load time; allowed: {RUNTIME_FIELDS}")
@@ -60,26 +74,32 @@ def load_network(model: str | None, arch: str | None = None, **runtime) -> Loade
             raise CheckpointError("give a model (name, hub id, folder or weights file) or an architecture")
         row = get_arch(arch)
         net = VisionTransformer(row.config.replace(**runtime)).eval()
-        return Loaded(net, row.preprocess, f"{arch} (random weights)", "vitkit")
-    if model in SHIPPED:  # in the package: offline
-        return load_folder(shipped_path(model), arch, source=model, runtime=runtime)
+        return Loaded(net, row.preprocess, f"{arch} (random weights)", "vitkit"), None
     if model in MODELS:
         entry = MODELS[model]
-        return load_folder(hub.fetch(entry.hub_id), arch or entry.arch, preprocess_for(entry), model, runtime)
+        folder = hub.fetch(entry.hub_id, revision)
+        return load_folder(folder, arch or entry.arch, preprocess_for(entry), model, runtime), folder
+    if revision is not None and not hub.looks_like_hub_id(model):
+        raise CheckpointError(f"a revision ({revision}) pins a hub model; {model} is not one")
+    if model in SHIPPED:  # in the package: offline
+        return load_folder(shipped_path(model), arch, source=model, runtime=runtime), shipped_path(model)
     path = Path(model).expanduser()
     if path.is_dir():
-        return load_folder(path, arch, runtime=runtime)
+        return load_folder(path, arch, runtime=runtime), path
     if path.is_file():
         if arch is None and path.suffix.lower() in WEIGHT_SUFFIXES and _has_folder_config(path.parent):
-            return load_folder(path.parent, source=str(path), runtime=runtime, weights=path)  # its config beside it
-        return load_file(path, arch, runtime=runtime)
+            # its config beside it
+            return load_folder(path.parent, source=str(path), runtime=runtime, weights=path), path
+        return load_file(path, arch, runtime=runtime), path
     if model in ARCHS:
         raise CheckpointError(f"{model} is an architecture, not weights: pass the weights with "
                               f"--model FILE --arch {model}, or --arch {model} alone for random weights")
     if looks_local(model):
         raise FileNotFoundError(f"no such file or folder: {model}")
     if hub.looks_like_hub_id(model):
-        return load_folder(hub.fetch(model), arch, source=model, runtime=runtime)
+        folder = hub.fetch(model, revision)
+        return load_folder(folder, arch, source=model if revision is None else f"{model}@{revision}",
+                           runtime=runtime), folder
     raise CheckpointError(f"cannot find model {model!r}: not a registry name (see `vitkit models`), not a local "
                           "file or folder, and not a hub id (org/name)")
 

@@ -78,7 +78,8 @@ class ImageIndex:
             raise IndexMismatch(f"text search needs the image-text embedding (pool prelogits, {text.dim}-d), not "
                                 f"pool {pool} ({len(probe)}-d)")
         meta = IndexMeta(model.source_id, arch, pool, len(probe), stored_spec(model), tuple(float(v) for v in probe),
-                         text=text.fingerprint if text is not None else None)
+                         text=text.fingerprint if text is not None else None,
+                         provenance=getattr(model, "provenance", None) or None)
         return cls(Store.create(db_path, meta))
 
     @classmethod

@@ -55,6 +55,7 @@ class IndexMeta:
     probe: tuple[float, ...]  # the model's vector for a fixed synthetic image (see image_index.probe_vector)
     format: int = FORMAT
     text: str | None = None  # image-text models: the fingerprint of the text tower whose queries are comparable
+    provenance: dict | None = None  # the hub commit and weights sha256 of the model that made the vectors
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,9 @@ def export_bytes(model_or_net, *, spec: PreprocessSpec | None = None, image_size
     if hasattr(model_or_net, "net") and hasattr(model_or_net, "spec"):  # a vitkit Model
         net, spec = model_or_net.net, spec or model_or_net.spec
         source = source or getattr(model_or_net, "source", "")
+        found = getattr(model_or_net, "provenance", None)
     else:
-        net = model_or_net
+        net, found = model_or_net, None
         if spec is None:
             raise OnnxExportError("exporting a bare network needs its PreprocessSpec (spec=...)")
     net = plain(net)
@@ -114,7 +115,7 @@ def export_bytes(model_or_net, *, spec: PreprocessSpec | None = None, image_size
         del session  # freed before the metadata pass, as when verify owned it
     verify_s = time.perf_counter() - start
     data = with_metadata(data, config, spec, dtype=dtype, dynamic_batch=dynamic_batch, source=source or "",
-                         verification={**result, "verified_with": verified_with})
+                         verification={**result, "verified_with": verified_with}, provenance=found)
     report = ExportReport(None, size, dtype, opset, dynamic_batch, output_names(config), result["max_abs_diff"],
                           result["limits"], result["checked"], result["top1_agreement"], verified_with,
                           round(len(data) / 2**20, 2), round(export_s, 2), round(verify_s, 2))

@@ -62,7 +62,7 @@ def output_names(config: ViTConfig) -> list[str]:
 
 
 def with_metadata(data: bytes, config: ViTConfig, spec: PreprocessSpec, *, dtype: str, dynamic_batch: bool,
-                  source: str, verification: dict | None = None) -> bytes:
+                  source: str, verification: dict | None = None, provenance: dict | None = None) -> bytes:
     """`data` with vitkit's metadata_props (replacing any earlier ones) and producer fields."""
     import onnx
 
@@ -83,6 +83,8 @@ def with_metadata(data: bytes, config: ViTConfig, spec: PreprocessSpec, *, dtype
     }
     if verification is not None:
         props["vitkit_verification"] = json.dumps(verification)
+    if provenance:  # the hub commit and sha256 of the weights this graph was exported from
+        props["vitkit_provenance"] = json.dumps(provenance)
     kept = [p for p in model.metadata_props if not p.key.startswith(META)]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

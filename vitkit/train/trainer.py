@@ -75,11 +75,12 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
 
 
 def build_network(cfg: TrainConfig, labels: list[str]):
-    """The base model with a new head for `labels` (and the run's drop path); returns (net, eval spec)."""
+    """The base model with a new head for `labels` (and the run's drop path); returns (net, eval spec, the base's
+    provenance)."""
     base = load_model(cfg.model, cfg.arch, image_size=cfg.image_size, device="cpu", drop_path=cfg.drop_path)
     torch.manual_seed(cfg.seed)
     base.net.reset_classifier(labels)
-    return base.net.float(), base.spec
+    return base.net.float(), base.spec, base.provenance
 
 
 class Trainer:
@@ -107,7 +108,7 @@ class Trainer:
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("--amp fp16 needs a CUDA GPU (it relies on loss scaling); use --amp bf16 on CPU")
         self.labels = splits.labels
-        self.net, self.spec = build_network(cfg, self.labels)
+        self.net, self.spec, self.base_provenance = build_network(cfg, self.labels)
         apply_recipe(self.net, cfg.recipe, cfg.freeze_blocks)
         self.net.grad_checkpointing = cfg.grad_checkpointing
         self.net.to(self.device)
@@ -342,6 +343,10 @@ class Trainer:
         metrics = {"validation top-1": state.best_top1} if self.val_set is not None else {}
         metrics["saved at"] = "the linear probe" if state.best_epoch == 0 else f"epoch {state.best_epoch}"
         recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out", "device", "workers")}
+        for name, digest in (self.base_provenance.get("sha256") or {}).items():
+            recipe[f"base weights {name} sha256"] = digest
+        if self.base_provenance.get("commit"):
+            recipe["base hub commit"] = self.base_provenance["commit"]
         arch = cfg.arch or (MODELS[cfg.model].arch if cfg.model in MODELS else None)
         summary = (f"An image classifier of {len(self.labels)} classes ({', '.join(self.labels[:10])}"
                    f"{', ...' if len(self.labels) > 10 else ''}) fine-tuned by `vitkit finetune` on {cfg.data}: "
