@@ -235,7 +235,11 @@ def test_service_text_search_and_openai_embeddings(family, trained, photos, tmp_
                           files={"file": open(next(iter(photos)), "rb")})
         assert bad.status_code == 422 and "{}" in bad.json()["detail"]
         assert client.post("/v1/embeddings", json={"input": []}).status_code == 422
-        assert client.post("/v1/embeddings", json={"input": "red", "dimensions": 7}).status_code == 422
+        short = client.post("/v1/embeddings", json={"input": "red", "dimensions": 7}).json()["data"][0]["embedding"]
+        red = text.embed(["red"])[0]
+        cut = red[:7] / red[:7].norm()  # the first 7 dimensions, at unit length again
+        assert len(short) == 7 and np.abs(np.array(short) - cut.numpy()).max() <= 1e-5
+        assert client.post("/v1/embeddings", json={"input": "red", "dimensions": 10_000}).status_code == 422
     digits = vitkit.load(str(Path(vitkit.__file__).parent / "assets" / "digits-vit"))
     with TestClient(create_app(Engine(digits, threads=1))) as client:
         assert client.post("/v1/embeddings", json={"input": "red"}).status_code == 404
