@@ -237,6 +237,22 @@ def test_quantize_writes_a_loadable_model_with_its_report(tmp_path):
     assert loaded(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     meta = read_quantization(out)
     assert meta["recipe"]["method"] == "dynamic" and meta["eval"]["images"] == 12
+    from huggingface_hub import ModelCard  # the model card beside the file, in the hub's layout
+
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "vitkit" and report["model_card"] == str(tmp_path / "README.md")
+    assert f"| top-1 agreement with fp32 | {100 * ev_r['top1_agreement']:.2f}% |" in card.text
+    assert f'vitkit.load("{out.name}")' in card.text
+
+
+def test_a_readme_vitkit_did_not_write_is_left_alone(tmp_path):
+    model = _model("vit")
+    ev = _labelled(tmp_path / "ev", model)
+    (tmp_path / "README.md").write_text("# my project\n")
+    report = quantize(model, "dynamic", eval_folder=str(ev), out=str(tmp_path / "m.onnx"), speed=False,
+                      max_drop=100.0)
+    assert report["written"] and report["model_card"] is None
+    assert (tmp_path / "README.md").read_text() == "# my project\n"
 
 
 def test_gate_refuses_a_drop_and_force_overrides(tmp_path, monkeypatch):

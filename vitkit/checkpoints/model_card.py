@@ -72,7 +72,18 @@ def hf_folder_loading(folder: str, arch: str | None, num_classes: int) -> dict[s
     return how
 
 
-def write_model_card(folder: str | Path, text: str) -> Path:
+def write_model_card(folder: str | Path, text: str) -> Path | None:
+    """README.md in `folder`, unless a README.md that vitkit did not write is already there (it is left alone:
+    -> None)."""
     target = Path(folder) / "README.md"
+    if target.is_file() and 'library_name: "vitkit"' not in target.read_text(errors="replace")[:2000]:
+        return None
     write_atomic_text(text, target)
     return target
+
+
+def onnx_loading(path: str) -> dict[str, str]:
+    """How to run an ONNX file written by vitkit: in vitkit, or with onnxruntime alone (the edge script)."""
+    return {"vitkit": f'import vitkit\nmodel = vitkit.load("{path}")   # preprocessing and labels from the file\n'
+                      'model.classify("photo.jpg", top_k=5)',
+            "onnxruntime only": f"python examples/edge_classify.py --model {path} photo.jpg"}

@@ -20,12 +20,14 @@ Try it:  vitkit quantize --model ../shared/weights/deit-tiny-patch16-224/model.s
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from vitkit.checkpoints.io import write_atomic_bytes, write_atomic_text
+from vitkit.checkpoints.model_card import model_card, onnx_loading, write_model_card
 from vitkit.data.sources import expand_inputs
 from vitkit.onnx.graph import graph_bytes
 from vitkit.onnx.session import Session
@@ -221,6 +223,28 @@ def _write(report: QuantizationReport, quantized: bytes, net, spec, method, dyna
     write_atomic_bytes(data, out)
     report.written = True
     report.size_mb["file"] = _size_mb(data)
+    report.model_card = str(write_model_card(Path(out).parent, _model_card(report, out)) or "") or None
+
+
+def _model_card(report: QuantizationReport, out: str) -> str:
+    """README.md beside the file: base model, recipe, the measured fp32-vs-quantized figures, how to run it."""
+    metrics = {}
+    if report.eval:
+        metrics["top-1 agreement with fp32"] = report.eval.get("top1_agreement")
+        accuracy = report.eval.get("accuracy") or {}
+        if accuracy:
+            metrics["accuracy fp32"], metrics["accuracy quantized"] = accuracy["fp32"], accuracy["quantized"]
+        metrics["embedding cosine (mean)"] = (report.eval.get("embedding_cosine") or {}).get("mean")
+    if report.speed and report.speed.get("vs_fp32_onnxruntime"):
+        metrics["speed vs onnxruntime fp32 (batch 1)"] = f"{report.speed['vs_fp32_onnxruntime']:.2f}x"
+    metrics["size MB (fp32 -> quantized)"] = f"{report.size_mb.get('fp32')} -> {report.size_mb.get('quantized')}"
+    recipe = {"method": report.method, "recipe": report.recipe_text, "image size": report.image_size,
+              "evaluation folder": (report.eval or {}).get("folder"), "gate": json.dumps(report.gate)}
+    return model_card(title=f"{Path(out).name}: {report.method} quantization of {report.model}",
+                      base_model=report.model, summary=f"An ONNX graph made by `vitkit quantize` from {report.model}, "
+                      "measured against fp32 before it was written.", recipe=recipe,
+                      metrics={k: v for k, v in metrics.items() if v is not None},
+                      pipeline_tag="image-classification", how_to_load=onnx_loading(Path(out).name))
 
 
 def _write_md(report: QuantizationReport, path: str | None) -> None:

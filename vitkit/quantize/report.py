@@ -51,6 +51,7 @@ class QuantizationReport:
     size_mb: dict = field(default_factory=dict)
     eval: dict | None = None
     speed: dict | None = None
+    model_card: str | None = None  # the README.md written beside the file (None: a README there was not vitkit's)
     gate: dict = field(default_factory=dict)
     seconds: float | None = None
     out: str | None = None
