@@ -390,3 +390,25 @@ def test_real_deit_tiny_default_recipe(tmp_path, report):
     assert accuracy["fp32"] - accuracy["quantized"] <= 0.01
     margins = [f["fp32_margin"] for f in flips]
     assert all(m < 0.1 for m in margins), f"a top-1 change where fp32 was not near a tie: {flips}"
+
+
+@pytest.mark.parametrize("seven_bit", [True, False])
+def test_weights_are_seven_bit_exactly_when_the_recipe_says(seven_bit):
+    """reduce_range reaches onnxruntime: every int8 weight of the graph lies in [-64, 64] with 7-bit weights (CPUs
+    without VNNI / AMX-INT8, where u8 x s8 sums can saturate), and uses the full range otherwise; the default
+    follows the CPU building the graph and is recorded resolved."""
+    import onnx
+    from onnx import numpy_helper
+
+    from vitkit.cpu import has_int8_dot
+    from vitkit.int8.build import build_int8
+    from vitkit.int8.recipe import default_recipe
+
+    model = _model("vit")
+    recipe = default_recipe("dynamic").replace(smooth_alpha=None, reduce_range=seven_bit)
+    graph = onnx.load_from_string(build_int8(model.net, 32, recipe).int8)
+    weights = [numpy_helper.to_array(t) for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert (largest <= 64) if seven_bit else (largest > 100), largest
+    assert default_recipe("dynamic").to_dict()["reduce_range"] == (not has_int8_dot())
+    assert ("7-bit weights" in recipe.describe()) == seven_bit

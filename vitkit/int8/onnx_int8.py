@@ -117,8 +117,10 @@ def quantize_graph(fp32: bytes, nodes: list[str], recipe: Recipe, calibration: t
     with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as tmp, _quiet_ort_logging():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32)
+        reduce_range = recipe.seven_bit_weights
         if recipe.method == "dynamic":
             quantize_dynamic(str(src), str(dst), per_channel=recipe.per_channel, weight_type=QuantType.QInt8,
+                             reduce_range=reduce_range,
                              op_types_to_quantize=list(QUANTIZABLE_OPS), nodes_to_quantize=list(nodes),
                              extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         else:
@@ -130,7 +132,7 @@ def quantize_graph(fp32: bytes, nodes: list[str], recipe: Recipe, calibration: t
             x = calibration.detach().float().cpu().numpy()
             batches = [np.ascontiguousarray(x[i:i + step]) for i in range(0, len(x), step)]
             quantize_static(str(src), str(dst), _Batches(batches, graph_input.name),
-                            quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
+                            quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel, reduce_range=reduce_range,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(QUANTIZABLE_OPS), nodes_to_quantize=list(nodes),
                             calibrate_method=CalibrationMethod.MinMax,

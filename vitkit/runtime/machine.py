@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -29,6 +28,7 @@ import torch
 from vitkit.cache import cache_dir
 from vitkit.checkpoints.io import write_atomic_text
 from vitkit.config import ViTConfig
+from vitkit.cpu import cpu_info
 
 # the instruction sets that decide which runtime is fastest (as /proc/cpuinfo spells them)
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -67,22 +67,6 @@ class Machine:
 
 
 # -- what the CPU is ------------------------------------------------------------------------------------------
-def _cpuinfo() -> tuple[str, set[str]]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return platform.processor() or platform.machine(), set()
-    model, flags = platform.processor() or platform.machine(), set()
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() == "model name" and model == (platform.processor() or platform.machine()):
-            model = value.strip()
-        elif name.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return model, flags
-
-
 def _onnxruntime_version() -> str | None:
     try:
         import onnxruntime
@@ -93,7 +77,7 @@ def _onnxruntime_version() -> str | None:
 
 def describe() -> Machine:
     """The machine without its rates (instant)."""
-    model, flags = _cpuinfo()
+    model, flags = cpu_info()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     found = tuple(f for f in FLAGS if f in flags)
     threads = torch.get_num_threads()
