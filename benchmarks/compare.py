@@ -164,9 +164,9 @@ def vitkit_runtime(net, backend: str | None, dtype: str | None, warmup_batch: in
 def vitkit_onnx_runtime(net, spec, dtype: str):
     """vitkit's own onnxruntime paths: the exported fp32 graph, or the INT8 graph of the default recipe (SmoothQuant
     scales from the generated calibration images), as --fast builds them."""
-    from vitkit.runtime.fast import int8_network, onnx_fp32_network, weights_digest
+    from vitkit.runtime.fast import int8_network, onnx_fp32_network, tensors_digest
 
-    digest = weights_digest(net)  # the graphs --fast builds for these weights, so it reuses them
+    digest = tensors_digest(net)  # the graphs --fast builds for these weights, so it reuses them
     if dtype == "fp32":
         onnx_net = onnx_fp32_network(net, spec, digest, "benchmark")
     else:

@@ -229,8 +229,10 @@ class Model:
                         pictures.append(to_image(items[i]))
                         good.append(i)
                     except Exception as err:  # noqa: BLE001 - one input's failure is that input's error
+                        if errors == "raise" and isinstance(err, ValueError):  # the reason, naming the input
+                            raise type(err)(f"{names[i]}: {err}") from err
                         if errors == "raise":
-                            raise (type(err)(f"{names[i]}: {err}") if isinstance(err, ValueError) else err) from err
+                            raise
                         failed[i] = read_error(err)
                 if good:
                     yield good, preprocess_batch(pictures, self.spec)

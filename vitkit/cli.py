@@ -322,11 +322,10 @@ def _exit_code(count: int, errors: int) -> int:
 
 
 def _cmd_models(args) -> int:
+    from vitkit.assets import SHIPPED
     from vitkit.models.registry import ARCHS, MODELS
 
     if args.json:
-        from vitkit.assets import SHIPPED
-
         print(json.dumps({
             "shipped": {name: what for name, (_, what) in SHIPPED.items()},
             "models": {name: {"hub_id": m.hub_id, "layout": m.layout, "arch": m.arch, "labels": m.labels,
@@ -338,8 +337,6 @@ def _cmd_models(args) -> int:
                       for name, a in ARCHS.items()},
         }, indent=2))
         return 0
-    from vitkit.assets import SHIPPED
-
     print("Shipped with vitkit (offline, --model NAME):")
     for name, (_, what) in SHIPPED.items():
         print(f"  {name:<50} {what}")

@@ -101,9 +101,10 @@ class FastChoice:
 
 
 # -- identity and cache ---------------------------------------------------------------------------------------
-def weights_digest(net: torch.nn.Module) -> str:
+def tensors_digest(net: torch.nn.Module) -> str:
     """blake2b over every tensor of the state dict (names, shapes, dtypes, bytes): the same weights -> the same
-    digest, wherever they were loaded from."""
+    digest, wherever they were loaded from. Not the files' sha256 (checkpoints.provenance): a fresh head
+    (load(num_classes=...)) or random weights change the network without changing any file."""
     h = hashlib.blake2b(digest_size=16)
     for name, t in net.state_dict().items():
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
@@ -211,10 +212,10 @@ def build(runtime: str, net, spec: PreprocessSpec, device: torch.device, digest:
 
 # -- measuring ------------------------------------------------------------------------------------------------
 @torch.inference_mode()
-def outputs(net, pixels: torch.Tensor, pool: str, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+def outputs(net, pixels: torch.Tensor, pool: str, batch_size: int, device: torch.device
+            ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(logits (N, C) or None for a backbone, embeddings (N, D)), float32 on the CPU."""
     logits, embeddings = [], []
-    device = next((p.device for p in net.parameters()), torch.device("cpu")) if hasattr(net, "parameters") else "cpu"
     for chunk in pixels.split(batch_size):
         chunk = chunk.to(device)
         if net.config.num_classes:
@@ -268,7 +269,7 @@ def choose(net, spec: PreprocessSpec, device: torch.device, batch_size: int, poo
     PyTorch runtime wins, else released to the INT8 session. `calibration()` -> (pixels (N, C, S, S), what they
     are): called only when the choice is not cached."""
     device = torch.device(device)
-    digest = weights_digest(net)
+    digest = tensors_digest(net)
     key = choice_key(digest, spec.input_size, batch_size, device)
     cached = None if refresh else _cached(key)
     if cached is not None and cached.runtime in candidates(device):
@@ -281,7 +282,7 @@ def choose(net, spec: PreprocessSpec, device: torch.device, batch_size: int, poo
     pixels, what = calibration()
     pixels = pixels[:CALIBRATION_INPUTS]
     net = net.eval()
-    reference = outputs(net, pixels, pool, batch_size)
+    reference = outputs(net, pixels, pool, batch_size, device)
     choice = FastChoice("fp32", batch_size, str(device), what, len(pixels), machine=describe().cpu, key=key)
     built = {}
     for runtime in candidates(device):
@@ -292,7 +293,7 @@ def choose(net, spec: PreprocessSpec, device: torch.device, batch_size: int, poo
         except Exception as err:  # a runtime that cannot take this model (e.g. an INT8 export it cannot fuse)
             trial.reason = f"could not be built: {str(err).splitlines()[0][:160]}"
             continue
-        trial.__dict__.update(agreement(reference, outputs(built[runtime], pixels, pool, batch_size)))
+        trial.__dict__.update(agreement(reference, outputs(built[runtime], pixels, pool, batch_size, device)))
         refused = []
         if trial.top1_agreement is not None and trial.top1_agreement < MIN_AGREEMENT:
             refused.append(f"top-1 agreement {100 * trial.top1_agreement:.1f}% < {100 * MIN_AGREEMENT:.0f}%")
