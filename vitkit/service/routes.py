@@ -263,7 +263,7 @@ async def embeddings(request: Request) -> EmbeddingsResponse:
     body = parse_json(EmbeddingsRequest, await request.body())
     items = body.texts
     images = [i for i, item in enumerate(items) if item.startswith(IMAGE_URI)]
-    texts = [i for i in range(len(items)) if i not in set(images)]
+    texts = sorted(set(range(len(items))) - set(images))
     found: dict[int, torch.Tensor] = {}
     tokens = 0
     if texts:

@@ -16,20 +16,23 @@ import json
 import torch
 
 from vitkit.cache import cache_dir
-from vitkit.runtime.backends import cpu_bf16_native
+from vitkit.config import variant
+from vitkit.runtime.backends import RuntimeUnavailable, resolve
 from vitkit.runtime.fast import MIN_AGREEMENT, MIN_COSINE, candidates
-from vitkit.runtime.machine import Machine, machine
+from vitkit.runtime.machine import Machine, machine, model_flops
 
-VIT_B16_GFLOP = 35.1  # one 224 px image through ViT-B/16 (vitkit.runtime.machine.model_flops)
+VIT_B16_GFLOP = model_flops(variant("B/16"), 224) / 1e9  # one 224 px image through ViT-B/16
 
 
-def _why_not(runtime: str, here: Machine) -> str:
-    if runtime == "bf16":
-        if torch.backends.mkldnn.is_available() and not cpu_bf16_native():
-            return "this CPU has no bf16 instructions (AVX512-BF16 or AMX): oneDNN would emulate it, slower than fp32"
-        return "needs a CPU with bf16 instructions or a GPU with bf16"
+def _why_not(runtime: str, here: Machine, device: torch.device) -> str:
     if runtime == "fp16":
         return "GPU only"
+    if runtime == "bf16":  # the runtime's own reason
+        try:
+            resolve("eager", runtime, device)
+        except RuntimeUnavailable as err:
+            return str(err)
+        return ""
     if runtime in ("int8", "onnx-fp32"):
         if here.onnxruntime is None:
             return "needs onnxruntime and onnx (pip install 'vitkit[onnx]')"
@@ -56,7 +59,7 @@ def report(refresh: bool = False) -> dict:
     for runtime, kind in kinds.items():
         peak = here.peaks.get(kind) if device.type == "cpu" and kind else None
         rows.append({"runtime": runtime, "candidate": runtime in chosen, "why_not": "" if runtime in chosen
-                     else _why_not(runtime, here), "peak_gflop_s": peak,
+                     else _why_not(runtime, here, device), "peak_gflop_s": peak,
                      "vit_b16_limit_img_s": round(peak / VIT_B16_GFLOP, 1) if peak else None})
     mine = [c for c in _cached_choices() if c.get("machine") == here.cpu]
     return {"machine": here.to_dict(), "device": str(device), "default": "exact fp32 (oneDNN-packed linears on a CPU)",
