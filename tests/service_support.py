@@ -1,6 +1,7 @@
-"""Helpers of the service tests (tests/test_service*.py): encoded test images, a model wrapper that can
-hold the engine's worker, and `FakeIndex`, an in-memory stand-in with the image index's API (info,
-check_model, search_vectors, get) for app tests that need no LanceDB.
+"""Helpers of the service tests (tests/test_service*.py): a client of a fresh app (`serve`), an upload, the check
+of an error answer, encoded test images (a decompression bomb too), a model wrapper that can hold the engine's
+worker, and `FakeIndex`, an in-memory stand-in with the image index's API (info, check_model, search_vectors,
+get, place) for app tests that need no LanceDB.
 
 Run:  .venv/bin/python -m pytest tests/test_service_api.py -q
 """
@@ -9,17 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
+import struct
 import threading
 import time
+import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
 import vitkit
+from vitkit.index.roots import Place
+from vitkit.service.app import create_app
+from vitkit.service.engine import Engine
 
 DIGITS = Path(__file__).resolve().parents[1] / "vitkit" / "assets" / "digits-vit"
 
@@ -32,8 +40,33 @@ def image_bytes(seed: int = 0, size: tuple[int, int] = (40, 30), fmt: str = "PNG
     return out.getvalue()
 
 
+def bomb_png(width: int, height: int) -> bytes:
+    """A 1 x 1 PNG whose header claims width x height: what a decompression bomb looks like before decoding."""
+    data = bytearray(image_bytes(0, size=(1, 1)))
+    ihdr = data[12:29]  # chunk type + 13 bytes of header data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
 def load_digits() -> vitkit.Model:
     return vitkit.load(str(DIGITS))
+
+
+def serve(model, index=None, api_key=None, engine: dict | None = None, **options) -> TestClient:
+    """A client of a fresh app; use it in a `with` block (that starts and stops the engine)."""
+    return TestClient(create_app(Engine(model, threads=1, **(engine or {})), index, api_key, **options))
+
+
+def upload(data: bytes, name: str = "image.png") -> dict:
+    return {"files": {"file": (name, data, "application/octet-stream")}}
+
+
+def assert_error(response, status: int, pattern: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert re.search(pattern, response.json()["detail"]), response.json()
 
 
 class Gated:
@@ -106,6 +139,10 @@ class FakeIndex:
 
     def get(self, hit_id: str) -> dict | None:
         return self.rows.get(hit_id)
+
+    def place(self, path: str) -> Place:
+        """Each file's own folder is its root here."""
+        return Place(Path(path).parent.name, Path(path).name)
 
 
 def write_images(folder: Path, count: int) -> list[Path]:

@@ -95,10 +95,13 @@ def test_make_demo_runs_offline_and_prints_meaningful_labels(tmp_path):
     done = subprocess.run([sys.executable, str(EXAMPLES / "demo.py")], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = {line.split("\t")[0].rsplit("/", 1)[-1]: line.split("\t")[1] for line in done.stdout.splitlines()
+    lines = done.stdout.splitlines()  # the table: a header, then path, then label and score per prediction
+    header = next(line for line in lines if line.startswith("path"))
+    assert header.split() == ["path", "top-1", "score", "top-2", "score", "top-3", "score"]
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1:] for line in lines
             if line.startswith("demo-out/digits/")}
-    assert rows["broken.jpg"].startswith("ERROR")
-    top1 = {name: cell.split(" ")[0] for name, cell in rows.items() if name != "broken.jpg"}
+    assert rows["broken.jpg"][0] == "ERROR:"
+    top1 = {name: cells[0] for name, cells in rows.items() if name != "broken.jpg"}
     assert len(top1) == 10
     assert sum(label == name.split("_")[1][0] for name, label in top1.items()) >= 9, top1
     assert "max abs logit difference after the round trip: 0.0e+00" in done.stdout

@@ -27,6 +27,7 @@ transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 from vitkit.checkpoints.convert import load_network  # noqa: E402
+from vitkit.checkpoints.hf_config import transformers_view  # noqa: E402
 from vitkit.checkpoints.io import CheckpointError  # noqa: E402
 from vitkit.checkpoints.save import save_hf, save_vitkit  # noqa: E402
 from vitkit.config import HALF, IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec  # noqa: E402
@@ -341,25 +342,25 @@ def test_preprocessor_config_roundtrip(built, spec_name, tmp_path):
     name, spec = SPECS[spec_name]
     folder = save_hf(built(name).net, spec, tmp_path / "saved")
     processor = transformers.AutoImageProcessor.from_pretrained(folder)
-    # (width, height): landscape, portrait, square, and a 9 px margin left by the crop (offset 4.5).
-    # Not here: margins whose half-offset is odd (e.g. 39x36, offset 3.5): timm's centre crop (torchvision)
-    # rounds it half to even (4) and transformers' floors it (3), so a "shortest" spec written as
-    # BitImageProcessor is one pixel off on those sizes (a limit of transformers' PIL processors).
-    for size in ((71, 53), (53, 71), (40, 40), (41, 36)):
+    # vitkit reads back the exact spec (it travels in config.json) as transformers runs it: timm's crop offset
+    # (torchvision, half to even) floored as transformers' center_crop floors it; no transformers processor rounds
+    saved = load_network(str(folder)).preprocess
+    assert saved == transformers_view(spec)
+    # (width, height): landscape, portrait, square, a 9 px margin left by the crop (offset 4.5), and a 7 px one
+    # (offset 3.5: timm's crop starts at 4, transformers' at 3)
+    for size in ((71, 53), (53, 71), (40, 40), (41, 36), (39, 36)):
         image = synthetic_image(*size)
         ref = processor(image, return_tensors="pt").pixel_values[0]
-        mine = torch.as_tensor(np.asarray(preprocess(image, spec)))
+        mine = torch.as_tensor(np.asarray(preprocess(image, saved)))
         assert ref.shape == mine.shape == (3, 32, 32), (size, ref.shape, mine.shape)
         assert (ref - mine).abs().max().item() <= 1e-5, f"{spec_name} on a {size} image"
-    # vitkit reads back the exact spec (it travels in config.json) ...
-    assert load_network(str(folder)).preprocess == spec
     # ... and, from transformers' preprocessor_config.json alone, a spec that preprocesses the same way
     config = json.loads((folder / "config.json").read_text())
     config.pop("vitkit_preprocess")
     (folder / "config.json").write_text(json.dumps(config))
     from_hf = load_network(str(folder)).preprocess
-    image = synthetic_image()
-    assert np.array_equal(np.asarray(preprocess(image, from_hf)), np.asarray(preprocess(image, spec)))
+    image = synthetic_image(39, 36)
+    assert np.array_equal(np.asarray(preprocess(image, from_hf)), np.asarray(preprocess(image, saved)))
 
 
 # ----------------------------------------------------------------------------- strict loading

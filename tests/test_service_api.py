@@ -13,15 +13,24 @@ import asyncio
 import base64
 import io
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_support import FakeIndex, Gated, batches_of, image_bytes, load_digits, write_images
+from service_support import (
+    FakeIndex,
+    Gated,
+    assert_error,
+    batches_of,
+    bomb_png,
+    image_bytes,
+    load_digits,
+    serve,
+    upload,
+    write_images,
+)
 
 from vitkit.api import Model
 from vitkit.checkpoints.convert import Loaded
@@ -48,21 +57,6 @@ def indexed(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def index(model, indexed):
     return FakeIndex(model, indexed, [f"picture {i}" for i in range(len(indexed))])
-
-
-def serve(model, index=None, api_key=None, engine: dict | None = None, **options) -> TestClient:
-    """A client of a fresh app; use it in a `with` block (that starts and stops the engine)."""
-    return TestClient(create_app(Engine(model, threads=1, **(engine or {})), index, api_key, **options))
-
-
-def upload(data: bytes, name: str = "image.png") -> dict:
-    return {"files": {"file": (name, data, "application/octet-stream")}}
-
-
-def assert_error(response, status: int, pattern: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert re.search(pattern, response.json()["detail"]), response.json()
 
 
 # -- what each endpoint answers ------------------------------------------------------------------------
@@ -95,12 +89,12 @@ def test_openai_client_embeds_images_with_dimensions_and_base64(model):
         short = client.embeddings.create(model="digits", input=uris, dimensions=16, encoding_format="float")
         cut = want[:, :16] / np.linalg.norm(want[:, :16], axis=1, keepdims=True)
         assert np.abs(np.array([d.embedding for d in short.data]) - cut).max() <= 1e-5
-        with pytest.raises(openai.UnprocessableEntityError) as err:
+        with pytest.raises(openai.BadRequestError) as err:
             client.embeddings.create(model="digits", input=uris[:1], dimensions=65, encoding_format="float")
-        assert "this model's embeddings have 64" in err.value.response.json()["detail"]
+        assert "this model's embeddings have 64" in err.value.message and err.value.param == "dimensions"
         with pytest.raises(openai.NotFoundError) as err:
             client.embeddings.create(model="digits", input=["a photo of a seven"], encoding_format="float")
-        assert "no text tower" in err.value.response.json()["detail"]
+        assert "no text tower" in err.value.message
 
 
 def test_classify_gives_the_clis_answer_for_multipart_json_and_data_urls(model):
@@ -145,7 +139,7 @@ def test_search_finds_the_indexed_image_and_serves_its_thumbnail(model, index, i
         body = client.post("/v1/search?k=3", **upload(indexed[2].read_bytes())).json()
         assert body["indexed"] == len(indexed) and len(body["hits"]) == 3
         best = body["hits"][0]
-        assert best["path"] == str(indexed[2]) and best["label"] == "picture 2"
+        assert (best["root"], best["path"], best["label"]) == (indexed[2].parent.name, indexed[2].name, "picture 2")
         assert best["score"] == pytest.approx(1.0, abs=1e-4)
         assert [h["score"] for h in body["hits"]] == sorted((h["score"] for h in body["hits"]), reverse=True)
         thumb = client.get(best["thumbnail"])
@@ -263,16 +257,6 @@ def test_413_for_too_many_bytes_declared_or_streamed(model):
         assert client.post("/v1/classify", **upload(image_bytes(0))).status_code == 200
 
 
-def bomb_png(width: int, height: int) -> bytes:
-    """A 1 x 1 PNG whose header claims width x height: what a decompression bomb looks like before decoding."""
-    data = bytearray(image_bytes(0, size=(1, 1)))
-    ihdr = data[12:29]  # chunk type + 13 bytes of header data
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
-
-
 def test_413_for_too_many_pixels(model):
     with serve(model) as client:
         assert_error(client.post("/v1/classify", **upload(bomb_png(30_000, 30_000))), 413,
@@ -299,7 +283,8 @@ def test_422_for_uploads_that_are_not_images(model):
         assert_error(client.post("/v1/classify", files={"other": ("a.png", png)}), 422, "no field 'file'")
         assert_error(client.post("/v1/classify", data={"file": "text"}, files={"x": ("x", b"")}), 422,
                      "must be a file upload")
-        assert_error(client.post("/v1/classify", json={"picture": "x"}), 422, r"body\.image: Field required")
+        assert_error(client.post("/v1/embed", json={"picture": "x"}), 422, r"body\.image: Field required")
+        assert_error(client.post("/v1/classify", json={"picture": "x"}), 422, "exactly one of 'image' and 'images'")
 
 
 def test_503_with_retry_after_when_the_queue_is_full(model):
@@ -387,6 +372,11 @@ def test_openapi_documents_every_body_form_and_every_error(model):
     classify = schema["paths"]["/v1/classify"]["post"]
     assert set(classify["requestBody"]["content"]) == {"image/*", "multipart/form-data", "application/json"}
     assert {"200", "400", "401", "404", "408", "413", "415", "422", "500", "503", "504"} <= set(classify["responses"])
+    assert set(classify["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {"file", "files"}
+    assert {"image", "images"} <= set(classify["requestBody"]["content"]["application/json"]["schema"]["properties"])
+    embeddings = schema["paths"]["/v1/embeddings"]["post"]["responses"]
+    assert "422" not in embeddings and all(embeddings[s]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/OpenAIErrorResponse") for s in ("400", "401", "404", "413"))
     assert set(schema["paths"]) >= {"/v1/classify", "/v1/embed", "/v1/search", "/v1/models",
                                     "/v1/thumbnail/{hit_id}", "/healthz", "/readyz", "/metrics"}
 
@@ -405,7 +395,7 @@ def test_search_with_a_real_image_index(model, indexed, tmp_path):
         assert client.get("/v1/models").json()["index"]["count"] == len(indexed)
         body = client.post("/v1/search?k=2", **upload(indexed[3].read_bytes())).json()
         best = body["hits"][0]
-        assert Path(best["path"]).name == indexed[3].name and best["label"] == "odd"
+        assert (best["root"], best["path"], best["label"]) == ("photos", f"odd/{indexed[3].name}", "odd")
         assert best["score"] == pytest.approx(1.0, abs=1e-4)
         assert Image.open(io.BytesIO(client.get(best["thumbnail"]).content)).size == (48, 48)
         assert_error(client.get("/v1/thumbnail/" + "f" * 64), 404, "no indexed image")

@@ -13,16 +13,15 @@ Try it:  python -m pytest tests/test_classify.py -q
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from vitkit.config import PreprocessSpec
 from vitkit.data.decode import DEFAULT_MAX_PIXELS
 from vitkit.data.loader import Batch, iter_batches
+from vitkit.progress import bar
 
 PROGRESS_MIN_INPUTS = 32  # short runs finish before a bar would help
 
@@ -60,8 +59,8 @@ def map_images(paths: list[str], spec: PreprocessSpec, step: Step, *, batch_size
     e.g. a job's unfinished chunks); a progress bar on stderr when there are enough inputs."""
     todo = len(paths) if plan is None else sum(len(p) for p in plan)
     show = progress and todo >= PROGRESS_MIN_INPUTS
-    with tqdm(total=todo, unit="img", desc=desc, disable=not show, file=sys.stderr, dynamic_ncols=True) as bar:
+    with bar(todo, desc, show=show) as done:
         for batch in iter_batches(paths, spec, batch_size, workers, max_pixels, fast_decode, pin_memory, plan,
                                   start_method):
             yield batch, step(batch, paths)
-            bar.update(len(batch.indices) + len(batch.errors))
+            done.update(len(batch.indices) + len(batch.errors))

@@ -33,7 +33,10 @@ from vitkit.models.vit import VisionTransformer
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json",
                 "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 WEIGHT_GLOBS = ("*.safetensors", "*.pth", "*.bin", "*.pt", "*.npz")
-VITKIT_CONFIG, VITKIT_PREPROCESS = "vitkit_config", "vitkit_preprocess"
+# what vitkit writes beside the weights: its config and preprocessing (safetensors metadata, config.json), the layout
+# of a .safetensors file's tensors ("vitkit" or "timm"), the architecture name in a transformers config.json
+VITKIT_CONFIG, VITKIT_PREPROCESS, VITKIT_LAYOUT, VITKIT_ARCH = ("vitkit_config", "vitkit_preprocess", "vitkit_layout",
+                                                               "vitkit_arch")
 
 
 @dataclass
@@ -72,9 +75,8 @@ def _resolve(model: str | None, arch: str | None, revision: str | None, runtime:
     if model is None:
         if arch is None:
             raise CheckpointError("give a model (name, hub id, folder or weights file) or an architecture")
-        row = get_arch(arch)
-        net = VisionTransformer(row.config.replace(**runtime)).eval()
-        return Loaded(net, row.preprocess, f"{arch} (random weights)", "vitkit"), None
+        net = VisionTransformer(_row_config(arch, runtime)).eval()
+        return Loaded(net, get_arch(arch).preprocess, f"{arch} (random weights)", "vitkit"), None
     if model in MODELS:
         entry = MODELS[model]
         folder = hub.fetch(entry.hub_id, revision)
@@ -88,8 +90,9 @@ def _resolve(model: str | None, arch: str | None, revision: str | None, runtime:
         return load_folder(path, arch, runtime=runtime), path
     if path.is_file():
         if arch is None and path.suffix.lower() in WEIGHT_SUFFIXES and _has_folder_config(path.parent):
-            # its config beside it
-            return load_folder(path.parent, source=str(path), runtime=runtime, weights=path), path
+            # its config beside it (one shard: the whole checkpoint its index names)
+            weights = _index_naming(path) or path
+            return load_folder(path.parent, source=str(path), runtime=runtime, weights=weights), weights
         return load_file(path, arch, runtime=runtime), path
     if model in ARCHS:
         raise CheckpointError(f"{model} is an architecture, not weights: pass the weights with "
@@ -109,6 +112,31 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt", ".onn
 
 def _has_folder_config(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "open_clip_config.json").is_file()
+
+
+def _index_naming(shard: Path) -> Path | None:
+    """The *.index.json beside `shard` that lists it as one of its shards, if any."""
+    for index in sorted(shard.parent.glob("*.index.json")):
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            continue  # not an index: read_tensors says so if it is the one loaded
+        if isinstance(weight_map, dict) and shard.name in weight_map.values():
+            return index
+    return None
+
+
+def _row_config(arch: str, runtime: dict | None) -> ViTConfig:
+    """The architecture row's config, named by it, with the runtime fields asked for."""
+    return get_arch(arch).config.replace(arch=arch, **(runtime or {}))
+
+
+def _arch_named(meta: dict, source: Path) -> str | None:
+    """The architecture a config.json names (vitkit's key in a transformers config), checked to be a name."""
+    name = meta.get(VITKIT_ARCH)
+    if name is not None and not isinstance(name, str):
+        raise CheckpointError(f"{source}: {VITKIT_ARCH} must be an architecture name, found {name!r}")
+    return name or None
 
 
 def looks_local(model: str) -> bool:
@@ -151,7 +179,8 @@ def load_folder(folder: Path, arch: str | None = None, fallback_spec: Preprocess
             raise CheckpointError(f"{folder} has no preprocessor_config.json: vitkit will not guess the "
                                   "normalization; add one or load with --arch NAME to use that architecture's")
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-        cfg = parsed(config_file, lambda: config_from_hf(meta, shapes).replace(**(runtime or {})))
+        named = _arch_named(meta, config_file) or arch or ""
+        cfg = parsed(config_file, lambda: config_from_hf(meta, shapes).replace(arch=named, **(runtime or {})))
         keymap = hf_keymap(cfg, hf_prefix(tensors))
         return Loaded(_build(keymap.to_native(tensors, cfg), cfg, keymap.name), spec, source, "hf")
     openclip_file = folder / "open_clip_config.json"
@@ -159,7 +188,8 @@ def load_folder(folder: Path, arch: str | None = None, fallback_spec: Preprocess
         oc = parsed(openclip_file, lambda: json_object(openclip_file))
         tensors = read_tensors(weights)
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-        cfg = parsed(openclip_file, lambda: config_from_openclip(oc, shapes).replace(**(runtime or {})))
+        cfg = parsed(openclip_file, lambda: config_from_openclip(oc, shapes).replace(arch=arch or "",
+                                                                                    **(runtime or {})))
         spec = spec or parsed(openclip_file, lambda: spec_from_openclip(oc))
         return Loaded(_build(OPENCLIP_KEYMAP.to_native(tensors, cfg), cfg, "openclip"), spec, source, "openclip")
     if "architecture" in meta:  # timm hub folder
@@ -194,11 +224,19 @@ def parsed(source: Path, build):
         raise CheckpointError(f"{source}: {err}") from None
 
 
+TIMM_CROP_MODES = {"center": "shortest", "squash": "exact"}  # timm's eval crop_mode -> vitkit's resize_mode
+
+
 def _spec_from_timm(pretrained_cfg: dict, arch: str) -> PreprocessSpec:
+    """timm's eval transform of a pretrained_cfg (torchvision's crop rounding); what it leaves out, the row's."""
     base = get_arch(arch).preprocess
+    crop_mode = pretrained_cfg.get("crop_mode") or "center"
+    if crop_mode not in TIMM_CROP_MODES:
+        raise ValueError(f"timm crop_mode {crop_mode!r} is not supported (vitkit reads {', '.join(TIMM_CROP_MODES)})")
     return PreprocessSpec(
         input_size=pretrained_cfg.get("input_size", (3, base.input_size, base.input_size))[-1],
-        crop_pct=pretrained_cfg.get("crop_pct", base.crop_pct), resize_mode="shortest",
+        crop_pct=pretrained_cfg.get("crop_pct", base.crop_pct), resize_mode=TIMM_CROP_MODES[crop_mode],
+        crop_rounding="half_even" if crop_mode == "squash" else None,  # torchvision's crop, in either mode
         interpolation=pretrained_cfg.get("interpolation", base.interpolation),
         mean=tuple(pretrained_cfg.get("mean", base.mean)), std=tuple(pretrained_cfg.get("std", base.std)),
     )
@@ -220,15 +258,19 @@ def load_file(path: Path, arch: str | None = None, spec: PreprocessSpec | None =
     source = source or str(path)
     meta = _vitkit_metadata(path)
     tensors = read_tensors(path)
-    if VITKIT_CONFIG in meta:  # written by vitkit: config and preprocessing travel inside (arch is only a name)
-        cfg = parsed(path, lambda: ViTConfig.from_dict(json.loads(meta[VITKIT_CONFIG])).replace(**(runtime or {})))
+    if VITKIT_CONFIG in meta:  # written by vitkit: config, labels, architecture name and preprocessing inside
+        layout = meta.get(VITKIT_LAYOUT, "vitkit")
+        if layout not in ("vitkit", "timm"):
+            raise CheckpointError(f"{path}: {VITKIT_LAYOUT} {layout!r} is not 'vitkit' or 'timm'")
+        cfg = parsed(path, lambda: ViTConfig.from_dict(json.loads(meta[VITKIT_CONFIG])))
+        cfg = cfg.replace(arch=cfg.arch or arch or "", **(runtime or {}))
         spec = spec or parsed(path, lambda: PreprocessSpec.from_dict(json.loads(meta[VITKIT_PREPROCESS])))
-        return Loaded(_build(timm_keymap(cfg).to_native(tensors, cfg), cfg, "vitkit"), spec, source, "vitkit")
+        # vitkit's names are timm's but a few (BEiT, EVA, SigLIP pooling), and the timm map passes them through
+        return Loaded(_build(timm_keymap(cfg).to_native(tensors, cfg), cfg, layout), spec, source, layout)
     if arch is None:
         raise CheckpointError(f"{path.name} carries no model config: pass --arch NAME (one of: "
                               f"{', '.join(sorted(ARCHS))})")
-    row = get_arch(arch)
-    base = row.config.replace(**(runtime or {}))
+    base = _row_config(arch, runtime)
     layout = detect_layout(tensors)
     if layout == "hf":
         raise CheckpointError(f"{path.name} is in transformers layout: load its folder (with config.json) instead")
@@ -240,7 +282,7 @@ def load_file(path: Path, arch: str | None = None, spec: PreprocessSpec | None =
         keymap = timm_keymap(base)
     native = keymap.to_native(tensors, base)
     cfg = _fit_config(base, native)
-    return Loaded(_build(native, cfg, keymap.name), spec or row.preprocess, source, layout)
+    return Loaded(_build(native, cfg, keymap.name), spec or get_arch(arch).preprocess, source, layout)
 
 
 def _fit_config(cfg: ViTConfig, native: dict[str, torch.Tensor]) -> ViTConfig:

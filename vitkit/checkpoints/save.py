@@ -1,5 +1,8 @@
 """vitkit -> transformers folder, timm file/folder, JAX .npz, or vitkit's own .safetensors (config and
-preprocessing in its metadata). Every format carries labels and preprocessing where the format can.
+preprocessing in its metadata). Every format carries labels, preprocessing and the architecture name where the
+format can: a transformers folder in config.json (id2label, vitkit_arch, vitkit_preprocess) and
+preprocessor_config.json; a timm .safetensors in its metadata (vitkit_config, vitkit_preprocess), a timm folder in
+timm's config.json too; a .pth state dict or a JAX .npz nowhere (`what_is_lost` says so).
 
 Try it:  vitkit convert ../shared/weights/deit-tiny-patch16-224/model.safetensors --arch deit_tiny_patch16_224 \
            --to hf --out /tmp/deit-hf
@@ -11,14 +14,16 @@ import json
 import shutil
 from pathlib import Path
 
-from vitkit.checkpoints.convert import VITKIT_CONFIG, VITKIT_PREPROCESS
-from vitkit.checkpoints.hf_config import config_from_hf, config_to_hf, hf_architecture, hf_model_type, spec_to_hf
-from vitkit.checkpoints.io import CheckpointError, write_atomic_text, write_tensors
+from vitkit.checkpoints.convert import VITKIT_ARCH, VITKIT_CONFIG, VITKIT_LAYOUT, VITKIT_PREPROCESS
+from vitkit.checkpoints.hf_config import (config_from_hf, config_to_hf, hf_architecture, hf_model_type, spec_to_hf,
+                                          transformers_view)
+from vitkit.checkpoints.io import PICKLE_SUFFIXES, CheckpointError, write_atomic_text, write_tensors
 from vitkit.checkpoints.layouts import JAX_KEYMAP, hf_keymap, timm_keymap
 from vitkit.checkpoints.text_config import text_config_to_hf
 from vitkit.checkpoints.text_layouts import hf_text_keymap
 from vitkit.choices import SAVE_FORMATS
 from vitkit.config import RUNTIME_FIELDS, PreprocessSpec, ViTConfig
+from vitkit.models.registry import ARCHS
 from vitkit.models.text import TextTransformer
 from vitkit.models.vit import VisionTransformer
 
@@ -47,7 +52,10 @@ def save_hf(net: VisionTransformer, spec: PreprocessSpec, folder: str | Path) ->
     except (ValueError, CheckpointError) as err:
         raise LayoutCannotHold(str(err)) from None
     write_tensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    hf[VITKIT_PREPROCESS] = spec.to_dict()  # exact spec for vitkit; transformers ignores unknown keys
+    # vitkit's exact spec (as transformers will run it) and architecture name; transformers ignores unknown keys
+    hf[VITKIT_PREPROCESS] = transformers_view(spec).to_dict()
+    if cfg.arch:
+        hf[VITKIT_ARCH] = cfg.arch
     write_atomic_text(_json(hf), folder / "config.json")
     write_atomic_text(_json(spec_to_hf(spec, hf_model_type(cfg))), folder / "preprocessor_config.json")
     return folder
@@ -78,7 +86,7 @@ def save_image_text_hf(vision: VisionTransformer, text: TextTransformer, spec: P
         raise LayoutCannotHold(str(err)) from None
     folder.mkdir(parents=True, exist_ok=True)
     write_tensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    hf[VITKIT_PREPROCESS] = spec.to_dict()
+    hf[VITKIT_PREPROCESS] = transformers_view(spec).to_dict()
     write_atomic_text(_json(hf), folder / "config.json")
     write_atomic_text(_json(spec_to_hf(spec, hf_model_type(vcfg))), folder / "preprocessor_config.json")
     for name in TOKENIZER_FILES if tokenizer_folder else ():
@@ -90,7 +98,7 @@ def save_image_text_hf(vision: VisionTransformer, text: TextTransformer, spec: P
 def _check_hf_holds(cfg: ViTConfig, hf: dict, shapes: dict[str, tuple]) -> None:
     """Refuse, before writing, a network that the transformers class would build differently (e.g. DINOv2
     without positions for its class token): the config read back must describe the same network."""
-    ignored = {"labels", "family", *RUNTIME_FIELDS} | (set() if cfg.dist_token else {"dist_head"})
+    ignored = {"labels", "family", "arch", *RUNTIME_FIELDS} | (set() if cfg.dist_token else {"dist_head"})
     back = config_from_hf(hf, shapes).to_dict()
     differ = [k for k, v in cfg.to_dict().items() if k not in ignored and back.get(k) != v]
     if differ:
@@ -99,24 +107,79 @@ def _check_hf_holds(cfg: ViTConfig, hf: dict, shapes: dict[str, tuple]) -> None:
                               "--to safetensors instead")
 
 
-def _timm_pretrained_cfg(net: VisionTransformer, spec: PreprocessSpec) -> dict:
-    return dict(input_size=[net.config.in_chans, spec.input_size, spec.input_size], crop_pct=spec.crop_pct,
-                interpolation=spec.interpolation, mean=list(spec.mean), std=list(spec.std),
-                num_classes=net.config.num_classes, crop_mode="center")
+# fields that timm's create_model takes from elsewhere (num_classes from the file's config, img_size from model_args)
+# or that leave its network as it is (names, init values' sizes, run-time choices); LayerNorm eps: timm builds 1e-6
+# where transformers' configs say 1e-12, a difference in float round-off only
+TIMM_FREE_FIELDS = {"num_classes", "dist_head", "image_size", "labels", "multi_label", "thresholds", "arch", "family",
+                    "norm_eps", *RUNTIME_FIELDS}
+TIMM_CROP_MODE = {"shortest": "center", "exact": "squash"}  # vitkit's resize_mode -> timm's eval crop_mode
+STATE_DICT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+
+
+def _timm_arch(cfg: ViTConfig, arch: str | None = None) -> str:
+    """The timm architecture to write `cfg` as: `arch`, else the one the source named. Raises, naming what is
+    missing, when neither says, and when vitkit's row of that name is another network."""
+    name = arch or cfg.arch
+    if not name:
+        raise CheckpointError("timm builds a model from its architecture name and this source does not say which "
+                              "it is (a transformers folder or a weights file without vitkit's metadata): pass "
+                              "--arch NAME, timm's name for it (`vitkit models` lists the known ones)")
+    row = ARCHS.get(name)
+    if row is not None:  # a timm name vitkit has no row for: timm's strict load is the check
+        mine, theirs = _timm_structure(cfg), _timm_structure(row.config)
+        differ = [f"{k} {mine[k]!r} (timm's: {theirs[k]!r})" for k in mine if mine[k] != theirs[k]]
+        if differ:
+            raise CheckpointError(f"this network is not timm's {name}: it differs in {', '.join(differ)}; pass the "
+                                  "right --arch")
+    return name
+
+
+def _timm_structure(cfg: ViTConfig) -> dict:
+    """What timm's create_model(name) fixes of the network: the config without TIMM_FREE_FIELDS (layer scale: whether
+    there is one, its weights hold the values)."""
+    out = {k: v for k, v in cfg.to_dict().items() if k not in TIMM_FREE_FIELDS}
+    out["layer_scale_init"] = cfg.layer_scale_init is not None
+    return out
+
+
+def _timm_pretrained_cfg(cfg: ViTConfig, spec: PreprocessSpec) -> dict:
+    """timm's pretrained_cfg for the folder's config.json: its eval transform (timm rounds crops half to even;
+    vitkit_preprocess keeps a floored recipe exact) and what the factory reads of the head."""
+    if spec.resize_mode not in TIMM_CROP_MODE:
+        raise LayoutCannotHold(f"resize mode {spec.resize_mode} has no timm eval transform: save the model without "
+                               "--resize-mode pad, or as one .safetensors file (its metadata keeps the mode)")
+    return dict(input_size=[cfg.in_chans, spec.input_size, spec.input_size], crop_pct=spec.crop_pct,
+                crop_mode=TIMM_CROP_MODE[spec.resize_mode], interpolation=spec.interpolation, mean=list(spec.mean),
+                std=list(spec.std), num_classes=cfg.num_classes, fixed_input_size=True, first_conv="patch_embed.proj",
+                classifier=["head", "head_dist"] if cfg.dist_token and cfg.dist_head else "head", custom_load=False)
+
+
+def _metadata(cfg: ViTConfig, spec: PreprocessSpec, layout: str) -> dict[str, str]:
+    """safetensors metadata (strings) that makes a file self-describing for vitkit: config (labels and architecture
+    name inside), preprocessing, and the layout of its tensors."""
+    return {"format": "pt", VITKIT_CONFIG: json.dumps(cfg.to_dict()), VITKIT_PREPROCESS: json.dumps(spec.to_dict()),
+            VITKIT_LAYOUT: layout}
 
 
 def save_timm(net: VisionTransformer, spec: PreprocessSpec, target: str | Path, arch: str | None = None) -> Path:
-    """A timm state dict (.safetensors or .pth); a folder target also gets timm's hub config.json."""
+    """A timm state dict (.safetensors with vitkit's metadata, or .pth) that timm.create_model(arch,
+    checkpoint_path=...) loads; a folder target gets model.safetensors and timm's hub config.json, which
+    timm.create_model("local-dir:FOLDER", pretrained=True) reads. `arch`: timm's name, when the source has none."""
     cfg, target = net.config, Path(target)
+    named = cfg.replace(arch=_timm_arch(cfg, arch))
     tensors = timm_keymap(cfg).to_foreign(net.state_dict(), cfg)
-    if target.suffix in (".safetensors", ".pth", ".bin", ".pt"):
-        write_tensors(tensors, target)
+    if target.name.endswith(STATE_DICT_SUFFIXES):
+        write_tensors(tensors, target, _metadata(named, spec, "timm") if target.suffix == ".safetensors" else None)
         return target
-    if arch is None:
-        raise CheckpointError("a timm folder needs the timm architecture name (--arch) for its config.json")
-    write_tensors(tensors, target / "model.safetensors", metadata={"format": "pt"})
-    meta = dict(architecture=arch, num_classes=cfg.num_classes, num_features=cfg.width,
-                label_names=list(cfg.labels), pretrained_cfg=_timm_pretrained_cfg(net, spec))
+    meta = dict(architecture=named.arch, num_classes=cfg.num_classes, num_features=cfg.width,
+                pretrained_cfg=_timm_pretrained_cfg(cfg, spec))
+    meta[VITKIT_PREPROCESS] = spec.to_dict()  # vitkit's exact recipe; timm reads pretrained_cfg
+    if cfg.num_classes:
+        meta["label_names"] = list(cfg.labels)
+    row = ARCHS.get(named.arch)
+    if row is not None and row.config.image_size != cfg.image_size:
+        meta["model_args"] = {"img_size": cfg.image_size}  # a fine-tune at another resolution
+    write_tensors(tensors, target / "model.safetensors", _metadata(named, spec, "timm"))
     write_atomic_text(_json(meta), target / "config.json")
     return target
 
@@ -135,9 +198,7 @@ def save_folder(net: VisionTransformer, spec: PreprocessSpec, folder: str | Path
 
 def save_vitkit(net: VisionTransformer, spec: PreprocessSpec, target: str | Path) -> Path:
     """One .safetensors in vitkit's layout, with config and preprocessing in its metadata."""
-    metadata = {"format": "pt", VITKIT_CONFIG: json.dumps(net.config.to_dict()),
-                VITKIT_PREPROCESS: json.dumps(spec.to_dict())}
-    write_tensors(net.state_dict(), target, metadata=metadata)
+    write_tensors(net.state_dict(), target, metadata=_metadata(net.config, spec, "vitkit"))
     return Path(target)
 
 
@@ -151,6 +212,25 @@ def save_jax(net: VisionTransformer, spec: PreprocessSpec, target: str | Path) -
                               f"{', '.join(f'{k}={getattr(cfg, k)!r}' for k in fancy)})")
     write_tensors(JAX_KEYMAP.to_foreign(net.state_dict(), cfg), target)
     return Path(target)
+
+
+def what_is_lost(fmt: str, target: str | Path, spec: PreprocessSpec) -> list[str]:
+    """What a conversion to `fmt` at `target` cannot keep, one sentence each (nothing: an empty list)."""
+    if fmt == "jax":
+        return ["the JAX .npz layout has no place for labels, preprocessing or the architecture: load it with "
+                "--arch NAME (labels class_0 ..., the architecture's preprocessing)"]
+    if fmt == "timm" and Path(target).name.endswith(PICKLE_SUFFIXES):
+        return [f"a {Path(target).suffix} state dict has no place for labels, preprocessing or the architecture name: "
+                "write .safetensors or a folder to keep them"]
+    crops = spec.resize_mode == "shortest" or spec.resize != spec.input_size  # the centre crop cuts something
+    if fmt == "hf" and crops and transformers_view(spec).crop_offset_rounding != spec.crop_offset_rounding:
+        return ["transformers floors a centre crop's offset where this recipe rounds it half to even (timm's "
+                "rule): on some image sizes the folder's crop starts 1 px earlier, in vitkit as in transformers"]
+    folder = not Path(target).name.endswith(STATE_DICT_SUFFIXES)  # timm reads an eval transform from its config.json
+    if fmt == "timm" and folder and crops and spec.crop_offset_rounding == "floor":
+        return ["timm's eval transform rounds a centre crop's offset half to even where this recipe floors it "
+                "(transformers' rule): on some image sizes timm's crop starts 1 px later; vitkit keeps the recipe"]
+    return []
 
 
 def save(net: VisionTransformer, spec: PreprocessSpec, fmt: str, target: str | Path, arch: str | None = None):

@@ -5,6 +5,9 @@ Two resize rules, each reproducing its reference library exactly (tests/test_pre
               then `CenterCrop(spec.input_size)`
   "exact"     transformers' ViT/BEiT/DeiT image processors: resize to (resize, resize), then their
               centre crop when resize != input_size
+where the crop starts as `spec.crop_offset_rounding` says: torchvision's (half to even) or transformers' (floor)
+offset, so "shortest" with "floor" is transformers' BitImageProcessor / CLIPImageProcessor and "exact" with
+"half_even" timm's crop_mode "squash";
 then pixels / 255 and (x - mean) / std, with transformers' dtype steps (float64 rescale, float32 normalize).
 
 Try it:  python -c "from vitkit.config import PreprocessSpec; from vitkit.data.decode import decode_image; \
@@ -61,10 +64,11 @@ def eval_view(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
     if spec.resize_mode == "shortest":
         new_w, new_h = _shorter_side_size(image.width, image.height, spec.resize)
         if new_w * new_h > STRIP_FACTOR * spec.input_size ** 2:
-            return _resize_centre_only(image, new_w, new_h, spec.input_size, resample)
-        return _centre_crop_torchvision(image.resize((new_w, new_h), resample), spec.input_size)
+            return _resize_centre_only(image, new_w, new_h, spec.input_size, resample, spec.crop_offset_rounding)
+        return _centre_crop(image.resize((new_w, new_h), resample), spec.input_size, spec.crop_offset_rounding)
     if spec.resize_mode == "exact":
-        return _centre_crop_transformers(image.resize((spec.resize, spec.resize), resample), spec.input_size)
+        resized = image.resize((spec.resize, spec.resize), resample)
+        return _centre_crop(resized, spec.input_size, spec.crop_offset_rounding)
     if spec.resize_mode == "pad":
         return _letterbox(image, spec, resample)
     raise ValueError(f"unknown resize_mode {spec.resize_mode!r}: expected 'shortest', 'exact' or 'pad'")
@@ -110,12 +114,13 @@ def _shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def _resize_centre_only(image: Image.Image, new_w: int, new_h: int, size: int,
-                        resample: Image.Resampling) -> Image.Image:
+                        resample: Image.Resampling, rounding: str) -> Image.Image:
     """The centre crop of an image resized to (new_w, new_h), computed without that resized image: a thin
     strip (1 x 50,000 px) would otherwise become a 224 x 11-million-pixel intermediate. Only the crop's part
-    of the pixel grid is resampled (a side shorter than the crop is zero-padded, as torchvision pads); the
+    of the pixel grid is resampled (a side shorter than the crop is zero-padded, as `_crop_offset` places it); the
     values differ from resize-then-crop by resampling round-off."""
-    spans = [_crop_span(new_w, size), _crop_span(new_h, size)]  # per axis: (first resized px, count, offset out)
+    # per axis: (first resized px, count, offset out)
+    spans = [_crop_span(new_w, size, rounding), _crop_span(new_h, size, rounding)]
     scale_x, scale_y = image.width / new_w, image.height / new_h  # source pixels per resized pixel
     (x0, w, px), (y0, h, py) = spans
     part = image.resize((w, h), resample, box=(x0 * scale_x, y0 * scale_y, (x0 + w) * scale_x, (y0 + h) * scale_y))
@@ -126,30 +131,25 @@ def _resize_centre_only(image: Image.Image, new_w: int, new_h: int, size: int,
     return canvas
 
 
-def _crop_span(side: int, size: int) -> tuple[int, int, int]:
-    """torchvision CenterCrop on one axis of length `side`: (first kept pixel, pixels kept, offset in the crop)."""
-    if side >= size:
-        return int(round((side - size) / 2.0)), size, 0
-    return 0, side, (size - side) // 2
+def _crop_offset(side: int, size: int, rounding: str) -> int:
+    """Where a centre crop of `size` starts on an axis of length `side` (negative: zeros before the image).
+    "half_even": torchvision's CenterCrop, round((side - size) / 2) half to even, a too-small side padded with
+    (size - side) // 2 zeros before it. "floor": transformers' center_crop, (side - size) // 2, which places a
+    too-small side after ceil((size - side) / 2) zeros."""
+    if rounding == "floor":
+        return (side - size) // 2
+    return int(round((side - size) / 2.0)) if side >= size else -((size - side) // 2)
 
 
-def _centre_crop_torchvision(image: Image.Image, size: int) -> Image.Image:
-    """torchvision `CenterCrop(size)`: offsets rounded half to even; a too-small side is zero-padded,
-    (size - side) // 2 before it. PIL's crop fills the area outside the image with zeros."""
-    width, height = image.size
-
-    def offset(side: int) -> int:
-        return -((size - side) // 2) if size > side else int(round((side - size) / 2.0))
-
-    left, top = offset(width), offset(height)
-    return image.crop((left, top, left + size, top + size))
+def _crop_span(side: int, size: int, rounding: str) -> tuple[int, int, int]:
+    """A centre crop on one axis of length `side`: (first kept pixel, pixels kept, offset in the crop)."""
+    offset = _crop_offset(side, size, rounding)
+    return (offset, size, 0) if offset >= 0 else (0, side, -offset)
 
 
-def _centre_crop_transformers(image: Image.Image, size: int) -> Image.Image:
-    """transformers' `center_crop`: offset (side - size) // 2 (floor), which also places a too-small
-    side after ceil((size - side) / 2) zeros."""
-    width, height = image.size
-    left, top = (width - size) // 2, (height - size) // 2
+def _centre_crop(image: Image.Image, size: int, rounding: str) -> Image.Image:
+    """A size x size centre crop at `_crop_offset`; PIL's crop fills the area outside the image with zeros."""
+    left, top = _crop_offset(image.width, size, rounding), _crop_offset(image.height, size, rounding)
     return image.crop((left, top, left + size, top + size))
 
 

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from vitkit.api import Model
 from vitkit.config import PreprocessSpec
@@ -26,6 +24,7 @@ from vitkit.data.loader import iter_batches
 from vitkit.evaluate.layouts import EvalSet, read_eval_set
 from vitkit.evaluate.metrics import Scores, score
 from vitkit.models.registry import Published, published_for
+from vitkit.progress import bar
 
 PROTOCOL_FIELDS = ("input_size", "crop_pct", "resize_mode", "interpolation")
 
@@ -67,8 +66,7 @@ def evaluate_folder(model: Model, data: str, labels_file: str | None = None, lay
     k = min(5, model.config.num_classes)
     rows: dict[int, dict] = {}
     unreadable = {}
-    with tqdm(total=len(evalset.paths), unit="img", desc="eval", disable=not progress, file=sys.stderr,
-              dynamic_ncols=True, leave=False) as bar:
+    with bar(len(evalset.paths), "eval", show=progress, leave=False) as done:
         for batch in iter_batches(evalset.paths, model.spec, batch_size, workers,
                                   pin_memory=model.device.type == "cuda"):
             if batch.indices:
@@ -79,7 +77,7 @@ def evaluate_folder(model: Model, data: str, labels_file: str | None = None, lay
             for i, reason in batch.errors.items():
                 rows[i] = {"error": reason}
                 unreadable[evalset.paths[i]] = reason
-            bar.update(len(batch.indices) + len(batch.errors))
+            done.update(len(batch.indices) + len(batch.errors))
     predictions = [{"path": path, "targets": list(targets), **rows[i]}
                    for i, (path, targets) in enumerate(zip(evalset.paths, evalset.targets))]
     scored = [row for row in predictions if "top5" in row]

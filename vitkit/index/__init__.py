@@ -1,7 +1,7 @@
 """The image index: a LanceDB folder of image embeddings with their files, exact and ANN similarity search,
 near-duplicates, and retrieval evaluation. See docs/index.md.
 
-    from vitkit.index import ImageIndex, Hit, IndexMismatch
+    from vitkit.index import ImageIndex, Hit, IndexMismatch, WeightsChanged, Place
 
 Names are imported on first use, so that `vitkit.index.cli` (loaded by every `vitkit` command) stays light.
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib
 
-_WHERE = {"ImageIndex": "image_index", "IndexMismatch": "image_index", "Hit": "search", "DupPair": "dups",
+_WHERE = {"ImageIndex": "image_index", "IndexMismatch": "image_index", "WeightsChanged": "image_index",
+          "Hit": "search", "Place": "roots", "DupPair": "dups",
           "AddReport": "ingest", "evaluate_retrieval": "retrieval", "retrieval_metrics": "retrieval"}
 __all__ = tuple(sorted(_WHERE))
 

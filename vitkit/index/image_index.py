@@ -10,12 +10,14 @@
     photos = ImageIndex.create("photos.db", clip, text=text)     # records the text tower too
     photos.search_text(text, ["a dog on a beach"], k=5)         # by a sentence
     idx.get(hits[0].id)                                         # the stored row: path, hash, size, mtime, label
+    idx.place(hits[0].path)                                     # Place(root="digits", path="7/0001.png")
 
 An index accepts vectors from one model only: the model's identity is its pooling, dimension, preprocessing
 and a probe (its vector for a fixed synthetic image, equal up to 0.99 cosine across backends and dtypes);
-`check_model` refuses anything else with `IndexMismatch`. Text queries are accepted from the text tower recorded
-at creation only (`check_text`: same weights and tokenizer), and only where the vectors are the projected
-image-text embeddings.
+`check_model` refuses anything else with `IndexMismatch`, and warns (`WeightsChanged`) when a weights file of the
+model has another sha256 than the one recorded at creation although its vectors still match. Text queries are
+accepted from the text tower recorded at creation only (`check_text`: same weights and tokenizer), and only where
+the vectors are the projected image-text embeddings. `place` names a hit's file by its root (roots.py).
 
 Try it:  python -m pytest tests/test_index.py -q
 """
@@ -23,6 +25,7 @@ Try it:  python -m pytest tests/test_index.py -q
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from vitkit.image_text import TextEncoder
 from vitkit.index.dups import DupPair, near_duplicates
 from vitkit.index.embedding import check_pool
 from vitkit.index.ingest import AddReport, add_images, remove_paths
+from vitkit.index.roots import Place
 from vitkit.index.search import Hit, ann_recall, build_ann, search
 from vitkit.index.store import ID_PATTERN, IndexMeta, Store
 
@@ -43,6 +47,19 @@ PROBE_MIN_COSINE = 0.99
 
 class IndexMismatch(ValueError):
     """The model (or pooling) is not the one the index was built with: their vectors are not comparable."""
+
+
+class WeightsChanged(UserWarning):
+    """A weights file of the model differs from the one the index was built with, but its vectors still match."""
+
+
+def changed_weights(recorded: dict | None, current: dict | None) -> list[str]:
+    """The weights files present in both provenances (checkpoints.provenance) whose sha256 differs, each as
+    "NAME (sha256 RECORDED then, CURRENT now)" with 12-digit digests. Files of other names (another format of the
+    same weights: an ONNX export) cannot be compared and are left out."""
+    then, now = (recorded or {}).get("sha256") or {}, (current or {}).get("sha256") or {}
+    return [f"{name} (sha256 {then[name][:12]} then, {now[name][:12]} now)" for name in sorted(set(then) & set(now))
+            if then[name] != now[name]]
 
 
 def probe_image(side: int = PROBE_SIDE) -> Image.Image:
@@ -109,15 +126,21 @@ class ImageIndex:
                    for key in sorted(set(theirs) | set(m.preprocess)) if theirs.get(key) != m.preprocess.get(key)]
         if changed:
             reasons.append("preprocessing " + ", ".join(changed))
+        changed = changed_weights(m.provenance, getattr(model, "provenance", None))
         probe = probe_vector(model, m.pool)
         if len(probe) != m.dim:
             reasons.append(f"{len(probe)}-d vectors instead of {m.dim}-d")
         elif float(probe @ np.asarray(m.probe, np.float32)) < PROBE_MIN_COSINE:
-            reasons.append("other weights (its vector for a fixed probe image differs)")
+            reasons.append("other weights (its vector for a fixed probe image differs"
+                           + "".join(f"; {c}" for c in changed) + ")")
         if reasons:
             raise IndexMismatch(f"{self.store.path} was built with model {m.model} (pool {m.pool}, {m.dim}-d); "
                                 f"model {model.source_id} gives incomparable vectors: {'; '.join(reasons)}. "
                                 "Use the index's model, or another index folder")
+        if changed:
+            warnings.warn(f"{self.store.path}: the model's weights changed since the index was built: "
+                          f"{', '.join(changed)}; its vectors still match the index's, so it is used",
+                          WeightsChanged, stacklevel=2)
 
     def check_text(self, text: TextEncoder) -> None:
         """Raise IndexMismatch unless `text` is the text tower recorded when this index was created."""
@@ -169,6 +192,10 @@ class ImageIndex:
         first = row.files[0]
         return {"id": row.id, "hash": row.id, "path": first.path, "size": row.size, "mtime": first.mtime,
                 "label": first.label, "files": [asdict(f) for f in row.files]}
+
+    def place(self, path: str) -> Place:
+        """Where an indexed file (a hit's path) lies: its root's name and its path below it, no absolute path."""
+        return self.store.roots.place(path)
 
     def build_ann(self) -> None:
         with self.store.writing():

@@ -7,6 +7,7 @@
   - commits every `chunk_size` files as one atomic LanceDB commit, so a run killed at any point loses at
     most the chunk in flight, and running it again finishes the job without duplicates;
   - reports unreadable files and goes on.
+The folders the files were found in are recorded as the index's roots (roots.py) before anything is committed.
 Labels: with `class_folders`, an image in FOLDER/<class>/... (at any depth) is labelled <class>, as
 `vitkit finetune` reads class folders; files named directly, or lying directly in FOLDER, get no label.
 A label, once set, stays until a later add with `class_folders` sets another.
@@ -21,7 +22,7 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from stat import S_ISREG
 
@@ -48,6 +49,7 @@ class Candidate:
     size: int
     mtime: float
     label: str | None
+    root: str  # the folder it was found in: the FOLDER given, or the file's own folder (see roots.py)
 
 
 @dataclass
@@ -75,6 +77,7 @@ def add_images(store: Store, model: Model, inputs: list[str], *, class_folders: 
     report = AddReport()
     candidates = scan(inputs, class_folders, report.errors)
     report.files = len(candidates)
+    store.roots.record(c.root for c in candidates)
     known = store.file_index()
     todo, attach = _triage(candidates, known, class_folders, report)
     groups = _by_content(todo, report.errors, progress)
@@ -135,7 +138,7 @@ def scan(inputs: list[str], class_folders: bool, errors: list[tuple[str, str]]) 
                 continue
             parts = Path(os.path.relpath(path, root)).parts if root else ()
             label = parts[0] if class_folders and len(parts) > 1 else None
-            found[path] = Candidate(path, stat.st_size, stat.st_mtime, label)
+            found[path] = Candidate(path, stat.st_size, stat.st_mtime, label, root or os.path.dirname(path))
     return list(found.values())
 
 
@@ -159,7 +162,7 @@ def _triage(candidates: list[Candidate], known: dict[str, FileEntry], class_fold
         elif entry and (entry.size, entry.mtime) == (c.size, c.mtime):
             relabel.setdefault(entry.id, []).append(FileRef(c.path, c.mtime, label))
         else:
-            todo.append(Candidate(c.path, c.size, c.mtime, label))
+            todo.append(replace(c, label=label))
     return todo, relabel
 
 

@@ -12,6 +12,7 @@ the fingerprint of the text tower (weights and tokenizer) whose text queries liv
 
 Every change is one `commit`: a single LanceDB merge_insert that inserts, updates and deletes rows together,
 so a writer killed at any moment leaves the table at its previous commit (LanceDB versions are atomic).
+Beside the table, roots.json names the folders the files were added from (`Store.roots`, see roots.py).
 One writer at a time: `Store.writing()` holds `write.lock` in the DB folder (released by the OS if the writer dies).
 
 Try it:  python -c "from vitkit.index.store import Store; s = Store.open('my.db'); print(s.count(), s.meta)"
@@ -31,6 +32,8 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 from filelock import FileLock, Timeout
+
+from vitkit.index.roots import Roots
 
 READ_CONSISTENCY = timedelta(seconds=2)
 
@@ -104,6 +107,7 @@ class Store:
     def __init__(self, path: Path, table):
         self.path = path
         self.table = table
+        self.roots = Roots(path)
         found = json.loads(table.schema.metadata[META_KEY])
         self.meta = IndexMeta(**{**found, "probe": tuple(found["probe"])})
 

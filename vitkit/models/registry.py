@@ -20,7 +20,8 @@ TIMM_DEIT = PreprocessSpec(crop_pct=0.875, interpolation="bicubic", mean=IMAGENE
 HF_VIT = PreprocessSpec(crop_pct=1.0, resize_mode="exact", interpolation="bilinear", mean=HALF, std=HALF)
 HF_DEIT = PreprocessSpec(crop_pct=0.875, resize_mode="exact", interpolation="bicubic",
                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
-# DINOv2's eval transform (its repo and transformers' BitImageProcessor): shorter side 256, centre crop 224
+# DINOv2's eval transform (its repo): shorter side 256, centre crop 224 (torchvision's rounding); the hub folders'
+# BitImageProcessor config wins over this row, its crop offsets floored as transformers floors them
 DINOV2 = PreprocessSpec(input_size=224, crop_pct=224 / 256, interpolation="bicubic", mean=IMAGENET_MEAN,
                         std=IMAGENET_STD)
 TIMM_DINOV2 = replace(DINOV2, input_size=518, crop_pct=1.0)  # timm's pretrained_cfg: the native 518 px

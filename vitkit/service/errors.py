@@ -2,6 +2,10 @@
 {"detail": "...", "errors": [...] for validation errors}. Routes raise these for the cases they know; an
 unexpected exception is a JSON 500 too (logged with its traceback), never a text page.
 
+The OpenAI-compatible route (/v1/embeddings) answers in OpenAI's shape instead, {"error": {"message", "type",
+"param", "code"}}, and with 400 where the others say 422 (OpenAI's API has no 422), so that OpenAI's clients raise
+their own errors (openai.BadRequestError, AuthenticationError, ...) with the message.
+
 Try it:  python -m pytest tests/test_service_api.py -q -k error
 """
 
@@ -17,16 +21,30 @@ from starlette.exceptions import HTTPException
 
 from vitkit.service.schemas import ErrorResponse
 
+OPENAI_PATHS = frozenset({"/v1/embeddings"})  # the routes whose errors take OpenAI's shape
+
+
+def error_response(path: str, status: int, message: str, headers: dict[str, str] | None = None, *,
+                   param: str | None = None, errors: list[dict] | None = None) -> JSONResponse:
+    """The JSON answer of an error on the route at `path`: vitkit's {"detail"} or, on OPENAI_PATHS, OpenAI's."""
+    if path in OPENAI_PATHS:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        code = "invalid_api_key" if status == 401 else None
+        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                            400 if status == 422 else status, headers=headers)
+    return JSONResponse({"detail": message} if errors is None else {"detail": message, "errors": errors}, status,
+                        headers=headers)
+
 
 class ServiceError(Exception):
     status = 400
 
-    def __init__(self, detail: str, headers: dict[str, str] | None = None):
+    def __init__(self, detail: str, headers: dict[str, str] | None = None, param: str | None = None):
         super().__init__(detail)
-        self.detail, self.headers = detail, headers
+        self.detail, self.headers, self.param = detail, headers, param  # param: the request field at fault
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"detail": self.detail}, self.status, headers=self.headers)
+    def response(self, path: str) -> JSONResponse:
+        return error_response(path, self.status, self.detail, self.headers, param=self.param)
 
 
 class BadRequest(ServiceError):
@@ -76,27 +94,28 @@ class ResultTimeout(ServiceError):
 
 
 # the statuses each kind of route can answer, for the OpenAPI schema
-def documented(*statuses: int) -> dict[int, dict]:
-    return {status: {"model": ErrorResponse} for status in statuses}
+def documented(*statuses: int, model=ErrorResponse) -> dict[int, dict]:
+    return {status: {"model": model} for status in statuses}
 
 
 def install(app: FastAPI) -> None:
     """JSON bodies for ServiceError, validation errors (422) and the framework's own errors (404, 405, ...)."""
 
-    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return exc.response()
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return exc.response(request.scope["path"])
 
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = jsonable_encoder([{k: e[k] for k in ("type", "loc", "msg")} for e in exc.errors()])
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-        return JSONResponse({"detail": detail, "errors": errors}, 422)
+        field = [str(e["loc"][1]) for e in errors if len(e["loc"]) > 1][:1]  # loc: ("body" | "query", NAME, ...)
+        return error_response(request.scope["path"], 422, detail, param=field[0] if field else None, errors=errors)
 
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(request.scope["path"], exc.status_code, str(exc.detail), exc.headers)
 
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logging.getLogger("vitkit.service").error("unexpected error", exc_info=exc)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+        return error_response(request.scope["path"], 500, f"internal error: {type(exc).__name__}: {exc}")
 
     app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(ServiceError, service_error)

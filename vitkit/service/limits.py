@@ -47,7 +47,7 @@ class BodyLimit:
         try:
             self._check_length(scope)
         except (BadRequest, PayloadTooLarge) as err:
-            await err.response()(scope, receive, send)
+            await err.response(scope["path"])(scope, receive, send)
             return
         held = [0]  # this request's body bytes, counted in self.in_flight until it finishes
         try:

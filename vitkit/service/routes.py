@@ -1,8 +1,10 @@
-"""The HTTP routes: /v1 (classify, embed, search by image or text, embeddings of texts in OpenAI's format, models,
-thumbnails; behind the optional API key),
+"""The HTTP routes: /v1 (classify one image or several, embed, search by image or text, embeddings of texts in
+OpenAI's format, models, thumbnails; behind the optional API key),
 /healthz, /readyz and /metrics. Each route decodes its upload in a thread pool (at most
 `Limits.decode_concurrency` at once), hands the pixels to the shared `Engine` and awaits the result for at
-most `Limits.timeout_s`; each failure it knows has its own status (see errors.py).
+most `Limits.timeout_s`; each failure it knows has its own status (see errors.py). In a classification of several
+images, an image that cannot be read or decoded gets its own error entry and the others their labels. A search
+hit names its file by the indexed folder's name and the path below it, never by the server's absolute path.
 
 Try it:  curl -F file=@cat.jpg "localhost:8000/v1/classify?top_k=3"
 """
@@ -22,6 +24,7 @@ from vitkit.data.decode import ImageDecodeError, ImageTooLarge
 from vitkit.service.auth import require_key
 from vitkit.service.engine import Engine, EngineBusy, EngineStopped, ModelFailure
 from vitkit.service.errors import (
+    BadRequest,
     Busy,
     ModelError,
     NotFound,
@@ -35,7 +38,9 @@ from vitkit.service.schemas import (
     IMAGE_URI,
     MAX_K,
     MAX_TOP_K,
+    ClassifyBatchResponse,
     ClassifyResponse,
+    ClassifyResult,
     Embedding,
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -44,13 +49,24 @@ from vitkit.service.schemas import (
     Label,
     ModelInfo,
     ModelsResponse,
+    OpenAIErrorResponse,
     SearchHit,
     SearchResponse,
     Status,
     Usage,
 )
 from vitkit.service.thumbnails import thumbnail_jpeg
-from vitkit.service.uploads import IMAGE_BODY, SEARCH_BODY, image_bytes, parse_json, read_image, read_search
+from vitkit.service.uploads import (
+    CLASSIFY_BODY,
+    IMAGE_BODY,
+    SEARCH_BODY,
+    image_bytes,
+    item_bytes,
+    parse_json,
+    read_classify,
+    read_image,
+    read_search,
+)
 
 LABELS_SAMPLE = 10
 MAX_LABELS_TEXT = 20_000  # characters of a zero-shot label list in a query string
@@ -169,26 +185,52 @@ ZERO_SHOT_TEMPLATE = "a photo of a {}."  # one prompt: a request's labels are em
 MAX_ZERO_SHOT_SETS = 64  # label sets whose embeddings a server keeps
 
 
-@api.post("/classify", response_model=ClassifyResponse, responses=IMAGE_ERRORS | documented(404),
-          openapi_extra=IMAGE_BODY, summary="Top-k labels of one image (zero-shot with `labels`)")
+@api.post("/classify", response_model=ClassifyResponse | ClassifyBatchResponse,
+          responses=IMAGE_ERRORS | documented(404), openapi_extra=CLASSIFY_BODY,
+          summary="Top-k labels of one image, or of several (multipart 'files', JSON 'images'); zero-shot with "
+                  "`labels`")
 async def classify(request: Request, top_k: int = Query(5, ge=1, le=MAX_TOP_K),
                    labels: str | None = Query(None, min_length=1, max_length=MAX_LABELS_TEXT, description=
                                               "zero-shot: class names, comma-separated (an image-text model)"),
                    template: str | None = Query(None, min_length=2, max_length=500, description=
                                                 "zero-shot: the prompt, with {} for the label (default "
-                                                f"{ZERO_SHOT_TEMPLATE!r})")) -> ClassifyResponse:
+                                                f"{ZERO_SHOT_TEMPLATE!r})")
+                   ) -> ClassifyResponse | ClassifyBatchResponse:
     service = _service(request)
     if labels is None and template is not None:
         raise Unprocessable("template needs labels")
+    classifier = None
     if labels is not None:
         classifier = await _zero_shot(service, labels, template or ZERO_SHOT_TEMPLATE)
-        vector = await _infer(service, "embed", await _pixels(request, service), "prelogits")
-        predictions = classifier.top_k(classifier.logits(torch.from_numpy(vector)[None]), top_k)[0]  # from (1, D)
+    elif not service.engine.model.config.num_classes:
+        raise NotFound(f"{service.model_id} has no classifier head: use /v1/embed or /v1/search")
+    upload = await read_classify(request)
+    if isinstance(upload, bytes):
+        return ClassifyResponse(model=service.model_id,
+                                top_k=await _top_k(service, await _image_pixels(upload, service), top_k, classifier))
+    results = await asyncio.gather(*(_classify_one(service, i, item, top_k, classifier)
+                                     for i, item in enumerate(upload)))  # decoded and batched together
+    return ClassifyBatchResponse(model=service.model_id, results=list(results))
+
+
+async def _classify_one(service: Service, index: int, item: bytes | str, top_k: int, classifier) -> ClassifyResult:
+    """One image of a batch: its labels, or the reason its bytes give none (the model's own failures, a full
+    queue or a timeout fail the whole request instead)."""
+    try:
+        pixels = await _image_pixels(item_bytes(item), service)
+    except (BadRequest, PayloadTooLarge, Unprocessable) as err:
+        return ClassifyResult(index=index, top_k=[], error=err.detail)
+    return ClassifyResult(index=index, top_k=await _top_k(service, pixels, top_k, classifier), error=None)
+
+
+async def _top_k(service: Service, pixels: torch.Tensor, top_k: int, classifier) -> list[Label]:
+    """The top_k labels of one image: the model's head, or the zero-shot `classifier` when there is one."""
+    if classifier is None:
+        predictions = await _infer(service, "classify", pixels, top_k)
     else:
-        if not service.engine.model.config.num_classes:
-            raise NotFound(f"{service.model_id} has no classifier head: use /v1/embed or /v1/search")
-        predictions = await _infer(service, "classify", await _pixels(request, service), top_k)
-    return ClassifyResponse(model=service.model_id, top_k=[Label(**p.to_dict()) for p in predictions])
+        vector = await _infer(service, "embed", pixels, "prelogits")
+        predictions = classifier.top_k(classifier.logits(torch.from_numpy(vector)[None]), top_k)[0]  # from (1, D)
+    return [Label(**p.to_dict()) for p in predictions]
 
 
 async def _zero_shot(service: Service, labels: str, template: str):
@@ -243,16 +285,17 @@ async def search(request: Request, k: int = Query(10, ge=1, le=MAX_K)) -> Search
         vector = await _infer(service, "embed", await _image_pixels(query, service), service.index_pool)
 
     def look_up():
-        return index.search_vectors(vector[None], k)[0], index.info["count"]  # vector (D,) -> queries (1, D)
+        hits = index.search_vectors(vector[None], k)[0]  # vector (D,) -> queries (1, D)
+        return [SearchHit(id=h.id, **index.place(h.path)._asdict(), label=h.label, score=h.score,
+                          thumbnail=f"/v1/thumbnail/{h.id}") for h in hits], index.info["count"]
 
-    hits, count = await run_in_threadpool(look_up)
-    return SearchResponse(model=service.model_id, indexed=count, hits=[
-        SearchHit(id=h.id, path=h.path, label=h.label, score=h.score, thumbnail=f"/v1/thumbnail/{h.id}")
-        for h in hits])
+    hits, count = await run_in_threadpool(look_up)  # the search, and the roots file read for the hits' places
+    return SearchResponse(model=service.model_id, indexed=count, hits=hits)
 
 
-@api.post("/embeddings", response_model=EmbeddingsResponse, responses=documented(400, 401, 404, 408, 413, 415, 422, 504),
-          summary="Embeddings of texts and images (data URIs), in OpenAI's format",
+@api.post("/embeddings", response_model=EmbeddingsResponse,
+          responses=documented(400, 401, 404, 408, 413, 415, 500, 503, 504, model=OpenAIErrorResponse),
+          summary="Embeddings of texts and images (data URIs), in OpenAI's format (errors too)",
           openapi_extra={"requestBody": {"required": True, "content": {
               "application/json": {"schema": EmbeddingsRequest.model_json_schema()}}}})
 async def embeddings(request: Request) -> EmbeddingsResponse:
@@ -278,7 +321,8 @@ async def embeddings(request: Request) -> EmbeddingsResponse:
     vectors = torch.stack([found[i] for i in range(len(items))])  # (N, D)
     if body.dimensions is not None:
         if body.dimensions > vectors.shape[1]:
-            raise Unprocessable(f"dimensions {body.dimensions}: this model's embeddings have {vectors.shape[1]}")
+            raise Unprocessable(f"dimensions {body.dimensions}: this model's embeddings have {vectors.shape[1]}",
+                                param="dimensions")
         vectors = torch.nn.functional.normalize(vectors[:, :body.dimensions], dim=-1)  # truncated, unit length
     as_base64 = body.encoding_format == "base64"
     data = [Embedding(index=i, embedding=base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() if as_base64

@@ -11,13 +11,14 @@ import binascii
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from vitkit.limits import MAX_TEXT_CHARS
 
 MAX_TOP_K = 100
 MAX_K = 100
 MAX_INPUTS = 2048  # texts in one /v1/embeddings request (OpenAI's limit too)
+MAX_IMAGES = 32  # images in one /v1/classify request (their bytes together within the body limit)
 
 
 class ImageRequest(BaseModel):
@@ -34,6 +35,22 @@ class ImageRequest(BaseModel):
             return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as err:
             raise ValueError(f"field 'image' is not valid base64: {err}") from err
+
+
+class ClassifyRequest(BaseModel):
+    """The JSON form of /v1/classify: one image (as ImageRequest), or several, each answered in its own result."""
+
+    image: str | None = Field(default=None, description="the image file's bytes in base64 (or a data URL)",
+                              json_schema_extra={"contentEncoding": "base64"})
+    images: list[str] | None = Field(default=None, min_length=1, max_length=MAX_IMAGES,
+                                     description="several images, each in base64 or a data URL "
+                                     "(data:image/png;base64,...), as the inputs of /v1/embeddings")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.image is None) == (self.images is None):
+            raise ValueError("give exactly one of 'image' and 'images'")
+        return self
 
 
 class SearchRequest(BaseModel):
@@ -68,9 +85,10 @@ class EmbeddingsRequest(BaseModel):
                                    "again (at most the model's dimension)")
     user: str | None = Field(default=None, max_length=256, description="accepted and ignored")
 
-    @model_validator(mode="after")
-    def _bounded(self):
-        texts = [self.input] if isinstance(self.input, str) else self.input
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
         if not texts:
             raise ValueError("'input' holds no text")
         if len(texts) > MAX_INPUTS:
@@ -78,7 +96,7 @@ class EmbeddingsRequest(BaseModel):
         if any(len(t) > MAX_TEXT_CHARS and not t.startswith(IMAGE_URI) for t in texts):
             raise ValueError(f"a text of 'input' is longer than {MAX_TEXT_CHARS} characters (images: send them as "
                              "data URIs, data:image/...;base64,...)")
-        return self
+        return value
 
     @property
     def texts(self) -> list[str]:
@@ -114,6 +132,17 @@ class ClassifyResponse(BaseModel):
     top_k: list[Label] = Field(description="best first")
 
 
+class ClassifyResult(BaseModel):
+    index: int = Field(description="the image's position in the request")
+    top_k: list[Label] = Field(description="best first; empty when the image failed")
+    error: str | None = Field(description="why this image could not be classified (the others are)")
+
+
+class ClassifyBatchResponse(BaseModel):
+    model: str
+    results: list[ClassifyResult] = Field(description="one per image, in the request's order")
+
+
 class EmbedResponse(BaseModel):
     model: str
     pool: str = Field(description="how tokens became one vector: cls, mean, cls_mean or prelogits")
@@ -123,7 +152,8 @@ class EmbedResponse(BaseModel):
 
 class SearchHit(BaseModel):
     id: str = Field(description="the indexed image's id; GET /v1/thumbnail/{id} gives a thumbnail of it")
-    path: str = Field(description="the indexed file, as the index records it")
+    root: str = Field(description="the name of the indexed folder the file lies in (the server's paths stay private)")
+    path: str = Field(description="the file's path below that folder, '/'-separated")
     label: str | None
     score: float = Field(description="cosine similarity")
     thumbnail: str = Field(description="URL path of the hit's thumbnail")
@@ -167,3 +197,16 @@ class Status(BaseModel):
 class ErrorResponse(BaseModel):
     detail: str = Field(description="what went wrong, in plain words")
     errors: list[dict] | None = Field(default=None, description="per-field details of a validation error")
+
+
+class OpenAIError(BaseModel):
+    message: str = Field(description="what went wrong, in plain words")
+    type: Literal["invalid_request_error", "server_error"]
+    param: str | None = Field(description="the request field at fault, when one is")
+    code: str | None = Field(description="invalid_api_key for a missing or wrong API key")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The error body of the OpenAI-compatible route, in OpenAI's shape."""
+
+    error: OpenAIError

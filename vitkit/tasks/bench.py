@@ -19,6 +19,7 @@ import torch
 
 from vitkit.data.sources import expand_inputs
 from vitkit.models.vit import VisionTransformer
+from vitkit.progress import bar
 from vitkit.runtime import PreparedViT, prepare
 from vitkit.runtime.measure import peak_rss_mb, reset_peak_rss
 
@@ -41,13 +42,14 @@ def _network(model_or_net) -> tuple[VisionTransformer, object]:
 # -- model only --------------------------------------------------------------------------------------
 def bench_model(model_or_net, batch_size: int = 1, image_size: int | None = None, backend: str | None = "auto",
                 dtype: str | None = "auto", warmup: int = 3, iters: int = 20, device: str | None = None,
-                min_time_s: float = 0.0, seed: int = 0) -> dict:
+                min_time_s: float = 0.0, seed: int = 0, progress: bool = False) -> dict:
     """Model-only throughput of a vitkit `Model` or a network on a fixed random batch.
 
     A plain network is first prepared (in place) for `backend` / `dtype`; backend=None measures it as it is
     (the unoptimised reference). An already prepared network is measured as prepared. With backend
     "compile" the first call compiles; its time is reported as compile_s and is not in the timings.
-    Runs `warmup` untimed batches then at least `iters` timed ones (and at least `min_time_s` seconds).
+    Runs `warmup` untimed batches then at least `iters` timed ones (and at least `min_time_s` seconds), with a
+    progress bar on stderr when `progress` (outside the timings).
     """
     net, owner = _network(model_or_net)
     reset_peak_rss()
@@ -71,17 +73,22 @@ def bench_model(model_or_net, batch_size: int = 1, image_size: int | None = None
                 torch.cuda.synchronize(dev)
         return out
 
-    first = time.perf_counter()
-    step()
-    first_s = time.perf_counter() - first
-    for _ in range(max(warmup - 1, 0)):
+    untimed = max(warmup, 1)  # the first call always runs untimed
+    with bar(None if min_time_s else untimed + iters, "bench", unit="batch", show=progress, leave=False) as done:
+        first = time.perf_counter()
         step()
-    times: list[float] = []
-    begin = time.perf_counter()
-    while len(times) < iters or time.perf_counter() - begin < min_time_s:
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
+        first_s = time.perf_counter() - first
+        done.update()
+        for _ in range(untimed - 1):
+            step()
+            done.update()
+        times: list[float] = []
+        begin = time.perf_counter()
+        while len(times) < iters or time.perf_counter() - begin < min_time_s:
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+            done.update()
     result = _summary(times, batch_size)
     result.update(
         peak_rss_mb=round(peak_rss_mb(), 1), backend=info.backend if info else "plain",
@@ -110,12 +117,12 @@ def with_peak_fraction(result: dict, config, image_size: int) -> dict:
 
 # -- end to end --------------------------------------------------------------------------------------
 def bench_end_to_end(model, folder: str | Path | list[str], batch_size: int = 16, workers: int = 2,
-                     draft: bool = False, repeat: int = 1, warmup_batches: int = 1) -> dict:
+                     draft: bool = False, repeat: int = 1, warmup_batches: int = 1, progress: bool = False) -> dict:
     """Images/s of decode + preprocess (in `workers` loader processes) + model over a folder (or a list of
     paths), as `vitkit classify` runs it. `model` is a vitkit `Model` (prepared or not). The first
     `warmup_batches` model calls run on random pixels before the clock starts (compilation, allocator);
     worker start-up is inside the measured time, as a user sees it. `repeat` > 1 feeds the list that many
-    times through one loader (a longer run on a small folder)."""
+    times through one loader (a longer run on a small folder). `progress`: a bar of the images on stderr."""
     from vitkit.data.loader import iter_batches  # the loader owns the worker processes
 
     paths = expand_inputs([str(folder)]) if isinstance(folder, (str, Path)) else list(folder)  # sorted
@@ -131,13 +138,15 @@ def bench_end_to_end(model, folder: str | Path | list[str], batch_size: int = 16
     images = errors = 0
     model_times: list[float] = []
     begin = time.perf_counter()
-    for batch in iter_batches(paths * repeat, model.spec, batch_size, workers, draft=draft):
-        errors += len(batch.errors)
-        if batch.indices:
-            t = time.perf_counter()
-            model(batch.pixels)
-            model_times.append(time.perf_counter() - t)
-            images += len(batch.indices)
+    with bar(len(paths) * repeat, "bench", show=progress, leave=False) as done:
+        for batch in iter_batches(paths * repeat, model.spec, batch_size, workers, draft=draft):
+            errors += len(batch.errors)
+            if batch.indices:
+                t = time.perf_counter()
+                model(batch.pixels)
+                model_times.append(time.perf_counter() - t)
+                images += len(batch.indices)
+            done.update(len(batch.indices) + len(batch.errors))
     total = time.perf_counter() - begin
     model_s = sum(model_times)
     result = _summary(model_times, batch_size)

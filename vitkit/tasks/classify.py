@@ -41,12 +41,12 @@ def classify_paths(model: Model, paths: list[str], top_k: int = 5, loader: Loade
 
 def classify_to_file(model: Model, paths: list[str], output: str | Path, top_k: int = 5, format: str = "jsonl",
                      chunk_size: int = 256, loader: Loader = Loader(), arch: str | None = None) -> Stats:
-    """Rows of every input into `output` (jsonl, csv or table), atomically at the end; a re-run after an
+    """Rows of every input into `output` (any of vitkit.output.FORMATS), atomically at the end; a re-run after an
     interruption resumes where it stopped (vitkit.batch.job)."""
 
     def merge(chunks, tmp: Path) -> None:
         with open(tmp, "w", newline="", errors="surrogateescape") as out:  # names that are not UTF-8: their bytes
-            write_rows((row for chunk in chunks for row in chunk.rows), format, out, top_k)
+            write_rows((row for chunk in chunks for row in chunk.rows), format, out, top_k, paths, model.labels)
 
     settings = {"task": "classify", "arch": arch, "top_k": top_k, "format": format, **model.job_settings}
     return run_to_file(model, paths, output, settings, classify_fn(model, top_k), merge, chunk_size, loader)
