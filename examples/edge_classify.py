@@ -4,6 +4,7 @@ with an image-text model's two exported towers and, for its tokenizer, the `toke
 Everything the model needs travels inside the file (ONNX metadata_props written by `vitkit export onnx`):
   vitkit_preprocess  {"input_size", "crop_pct", "resize_mode", "interpolation", "mean", "std"}
   vitkit_labels      ["tench", "goldfish", ...]
+  vitkit_scores      {"activation": "softmax"}, or "sigmoid" with per-label "thresholds" (multi-label models)
 The pixels are prepared exactly as vitkit prepares them (vitkit/data/decode.py + transforms.py): EXIF orientation,
 first frame, RGB (transparency over white), resize ("shortest": shorter side to floor(input_size / crop_pct),
 aspect kept, torchvision's truncation; "exact": both sides), centre crop (torchvision's rounding for "shortest",
@@ -118,6 +119,7 @@ class Classifier:
                              "`vitkit export onnx`")
         self.spec = json.loads(meta["vitkit_preprocess"])
         self.labels = json.loads(meta["vitkit_labels"])
+        self.scores = json.loads(meta.get("vitkit_scores", '{"activation": "softmax"}'))
         self.input = self.session.get_inputs()[0].name
         if "logits" not in [o.name for o in self.session.get_outputs()]:
             raise SystemExit(f"{path} is a backbone without a classifier head (no 'logits' output)")
@@ -125,9 +127,13 @@ class Classifier:
     def top_k(self, path: str, k: int = 5) -> list[dict]:
         (logits,) = self.session.run(["logits"], {self.input: preprocess(decode(path), self.spec)})
         logits = logits[0].astype(np.float32)
-        exp = np.exp(logits - logits.max())
-        probs = exp / exp.sum()
-        order = np.argsort(-probs, kind="stable")[:k]
+        if self.scores["activation"] == "sigmoid":  # multi-label: every label over its threshold, best first
+            probs = 1 / (1 + np.exp(-logits))
+            order = [i for i in np.argsort(-probs, kind="stable") if probs[i] >= self.scores["thresholds"][i]][:k]
+        else:
+            exp = np.exp(logits - logits.max())
+            probs = exp / exp.sum()
+            order = np.argsort(-probs, kind="stable")[:k]
         return [{"index": int(i), "label": self.labels[i], "score": float(probs[i])} for i in order]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "vitkit"
 FLOORS = {
     0: {"config", "limits", "arguments", "labels", "output", "plotting", "version", "assets", "cache", "choices",
-        "cpu"},
+        "cpu", "progress", "table", "multilabel"},
     1: {"models"},
     2: {"data", "checkpoints"},
     3: {"onnx", "int8"},

@@ -492,7 +492,7 @@ def test_output_folder_and_eval(split_folder, base, tmp_path, report):
     assert checkpoint["labels"] == list(CLASSES)
     (probe,) = rows(out, "probe")
     best = max([probe["val_top1"]] + [r["val_top1"] for r in epochs])
-    assert checkpoint["state"]["best_top1"] == best
+    assert checkpoint["state"]["best_score"] == best
 
     # vitkit eval DATA --model OUT --json: the val/ split, by the saved (best) model
     code, stdout, err = run_cli(["eval", split_folder, "--model", out, "--json", "--workers", "0", "--no-progress"])

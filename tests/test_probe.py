@@ -199,7 +199,7 @@ def test_the_saved_head_is_the_probe_on_raw_features(blobs, tmp_path, variant):
     torch.testing.assert_close(model(model.preprocess(paths)), probe.logits(torch.from_numpy(val[0])),
                                atol=1e-4, rtol=1e-4)
     (row,) = log_rows(out, "probe")
-    assert row["l2"] == probe.l2 and row["val_top1"] == pytest.approx(probe.chosen.top1)
+    assert row["l2"] == probe.l2 and row["val_top1"] == pytest.approx(probe.chosen.score)
     frozen = {k: v for k, v in net.state_dict().items() if not k.startswith(("head.", "head_dist.", "pre_logits."))}
     saved = model.net.state_dict()
     assert all(torch.equal(saved[k], v) for k, v in frozen.items())

@@ -17,8 +17,10 @@ Try it:  python -m pytest tests/test_api.py -q
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -31,6 +33,9 @@ from vitkit.data.inputs import ImageInput, describe, to_image
 from vitkit.data.transforms import preprocess_batch
 from vitkit.limits import check_tokens
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 ERRORS = ("raise", "skip")
 
 
@@ -38,13 +43,13 @@ ERRORS = ("raise", "skip")
 class Prediction:
     index: int
     label: str
-    score: float  # softmax probability (zero-shot SigLIP: its sigmoid probability)
+    score: float  # softmax probability (multi-label heads, zero-shot SigLIP: its sigmoid probability)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "label": self.label, "score": self.score}
 
 
-class Classification(list):
+class Classification(list[Prediction]):
     """The top-k `Prediction`s of one input, best first (a list of them), with what the input was and, when it could
     not be read (errors="skip"), why: `error` set and no predictions."""
 
@@ -61,7 +66,7 @@ class Classification(list):
     def score(self) -> float | None:
         return self[0].score if self else None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"input": self.input, "predictions": [p.to_dict() for p in self], "error": self.error}
 
     def __repr__(self) -> str:
@@ -69,10 +74,10 @@ class Classification(list):
         return f"Classification({self.input!r}: {inner})"
 
 
-def to_records(results: "Classification | list[Classification]") -> list[dict]:
+def to_records(results: "Classification | list[Classification]") -> list[dict[str, Any]]:
     """Flat rows (input, rank, index, label, score, error), one per prediction and one per failed input:
     `pandas.DataFrame(vitkit.to_records(results))`."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for result in [results] if isinstance(results, Classification) else results:
         if result.error is not None:
             rows.append({"input": result.input, "rank": None, "index": None, "label": None, "score": None,
@@ -82,7 +87,7 @@ def to_records(results: "Classification | list[Classification]") -> list[dict]:
     return rows
 
 
-class Embeddings(list):
+class Embeddings(list[torch.Tensor | None]):
     """embed(..., errors="skip"): one vector per input (a list of tensors), None for an input that failed, with
     `errors` (the reason per input, None where it worked) and `stack()` -> (good inputs, D) with their positions."""
 
@@ -92,7 +97,7 @@ class Embeddings(list):
 
     def stack(self) -> tuple[torch.Tensor, list[int]]:
         good = [i for i, v in enumerate(self) if v is not None]
-        return (torch.stack([self[i] for i in good]) if good else torch.empty(0)), good
+        return (torch.stack([v for v in self if v is not None]) if good else torch.empty(0)), good
 
 
 def dtype_name(dtype: str | torch.dtype | None) -> str | None:
@@ -121,8 +126,8 @@ class Model:
 
     def __init__(self, loaded: Loaded, device: str | torch.device | None = "auto", image_size: int | None = None,
                  backend: str | None = None, dtype: str | torch.dtype | None = None, precision: str = "exact",
-                 batch_size: int = 16, calibration: list[ImageInput] | None = None, log=None,
-                 resize_mode: str = "crop"):
+                 batch_size: int = 16, calibration: list[ImageInput] | None = None,
+                 log: Callable[[str], None] | None = None, resize_mode: str = "crop"):
         dtype = dtype_name(dtype)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
@@ -136,7 +141,7 @@ class Model:
         check_tokens(self.spec.input_size, loaded.net.config.patch_size, "--image-size")
         self.source = loaded.source
         self.layout = loaded.layout
-        self.provenance: dict = loaded.provenance  # the hub commit and the sha256 of the weights files read
+        self.provenance: dict[str, Any] = loaded.provenance  # the hub commit, the sha256 of the weights files read
         self.fast = None  # precision "fast": the FastChoice (what was chosen, and what every candidate measured)
         if precision == "fast" and self.layout != "onnx":
             from vitkit.runtime.fast import choose
@@ -158,10 +163,10 @@ class Model:
         from vitkit.data.sources import expand_inputs
         from vitkit.runtime.fast import CALIBRATION_INPUTS
 
-        given = []
+        given: list[ImageInput] = []
         for image in images or []:
             given.extend(expand_inputs([str(image)]) if isinstance(image, (str, Path)) else [image])
-        decoded = []
+        decoded: list[Image.Image] = []
         for image in given:
             if len(decoded) == CALIBRATION_INPUTS:
                 break
@@ -198,7 +203,7 @@ class Model:
         return f"{info.backend} {info.dtype}"
 
     @property
-    def job_settings(self) -> dict:
+    def job_settings(self) -> dict[str, Any]:
         """What a batch job's rows depend on besides the model's source and input size: the runtime when it is not
         exact fp32 (a job is never resumed in another precision), a resize mode other than the checkpoint's crop,
         and a zero-shot classifier's label set."""
@@ -211,17 +216,18 @@ class Model:
         images = images if isinstance(images, (list, tuple)) else [images]
         return preprocess_batch([to_image(image) for image in images], self.spec)
 
-    def _batches(self, images: ImageInput | list[ImageInput], batch_size: int, errors: str):
+    def _batches(self, images: ImageInput | list[ImageInput], batch_size: int, errors: str
+                 ) -> tuple[bool, list[str], Iterator[tuple[list[int], torch.Tensor]], dict[int, str]]:
         """-> (single input?, descriptions, per batch: (positions, pixels (b, 3, H, W)), errors by position)."""
         if errors not in ERRORS:
             raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
+        items: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [images]
         names, failed = [describe(item) for item in items], {}
 
-        def batches():
+        def batches() -> Iterator[tuple[list[int], torch.Tensor]]:
             for start in range(0, len(items), batch_size):
                 good, pictures = [], []
                 for i in range(start, min(start + batch_size, len(items))):
@@ -260,15 +266,29 @@ class Model:
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, num_classes) on the CPU."""
-        return self.net(pixels.to(self.device, non_blocking=True)).float().cpu()
+        logits: torch.Tensor = self.net(pixels.to(self.device, non_blocking=True)).float().cpu()
+        return logits
 
     def top_k(self, logits: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
         if not self.config.num_classes:
             raise ValueError(f"{self.source} is a backbone without a classifier head: use embeddings instead")
+        if self.config.multi_label:
+            return self._over_thresholds(logits, k)
         probs = logits.softmax(dim=-1)
         scores, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)  # (B, k)
         return [[Prediction(int(i), self.labels[int(i)], float(s)) for s, i in zip(row_s, row_i)]
                 for row_s, row_i in zip(scores, indices)]
+
+    def _over_thresholds(self, logits: torch.Tensor, k: int) -> list[list[Prediction]]:
+        """A multi-label head: every label whose sigmoid score reaches its threshold, best first, at most k."""
+        probs = logits.sigmoid()  # (B, C)
+        thresholds = torch.tensor(self.config.class_thresholds(), dtype=probs.dtype)  # (C,)
+        rows = []
+        for row in probs:
+            kept = (row >= thresholds).nonzero().flatten()
+            best = kept[row[kept].argsort(descending=True, stable=True)][:k]
+            rows.append([Prediction(int(i), self.labels[int(i)], float(row[i])) for i in best])
+        return rows
 
     @property
     def default_pool(self) -> str:
@@ -352,15 +372,17 @@ class Model:
 
             export_onnx(self, target, dynamic_batch=True)
             return Path(target)
-        return save(self.net, self.spec, format, target, arch)
+        written: Path = save(self.net, self.spec, format, target, arch)
+        return written
 
 
 def load(model: str | None = None, arch: str | None = None, *, image_size: int | None = None,
          device: str | torch.device | None = "auto", backend: str | None = None,
          dtype: str | torch.dtype | None = None, precision: str = "exact", batch_size: int = 16,
-         calibration: list[ImageInput] | None = None, log=None, num_classes: int | None = None,
+         calibration: list[ImageInput] | None = None, log: Callable[[str], None] | None = None,
+         num_classes: int | None = None,
          labels: list[str] | None = None, resize_mode: str = "crop", revision: str | None = None,
-         **runtime) -> Model:
+         **runtime: Any) -> Model:
     """Load a registry name, hub id, local folder or weights file (with `arch` when it carries no
     config; `arch` alone gives random weights). `image_size` runs the model at another resolution.
     device: "auto" (default: a CUDA GPU when there is one, else the CPU), "cpu", "cuda:1", a torch.device.
@@ -387,8 +409,9 @@ def load(model: str | None = None, arch: str | None = None, *, image_size: int |
     if is_onnx_file(model):  # graph, preprocessing and labels all come from the file
         from vitkit.checkpoints.provenance import provenance
 
-        graph = load_onnx(model, device=resolve_device(device), image_size=image_size)
-        graph.provenance = provenance(model, None)
+        onnx_file = cast(str, model)  # is_onnx_file is true of a path only
+        graph = load_onnx(onnx_file, device=resolve_device(device), image_size=image_size)
+        graph.provenance = provenance(onnx_file, None)
         return Model(graph, device=device, resize_mode=resize_mode)
     loaded = load_network(model, arch, revision, **runtime)
     if num_classes is not None or labels is not None:

@@ -125,8 +125,11 @@ def _parser() -> argparse.ArgumentParser:
 
     classify = sub.add_parser("classify", help="top-k labels for images, folders (recursive) and globs")
     _batch_args(classify)
-    classify.add_argument("--top-k", type=A.TOP_K, default=5)
-    classify.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
+    classify.add_argument("--top-k", type=A.TOP_K, default=None,
+                          help="labels per image (default: 5; a multi-label model: every label over its threshold)")
+    classify.add_argument("--format", choices=OUTPUT_FORMATS, default="table",
+                          help="table: aligned columns with a header, to read (default); tsv: path<TAB>predictions, "
+                               "one line per input, for scripts; jsonl; csv")
     classify.add_argument("--output", "-o", help="write here (atomically; a re-run resumes) instead of stdout")
     _zero_shot_args(classify)
 
@@ -148,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=A.WORKERS, default=2, help="with --e2e: decode processes")
     bench.add_argument("--fast-decode", action="store_true", help="with --e2e: JPEG reduce-on-decode")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    bench.add_argument("--no-progress", action="store_true")
 
     finetune = sub.add_parser("finetune", help="fit a model to a labelled image folder or manifest")
     finetune.add_argument("data", metavar="DATA", help="folder of class subfolders (optional train/ val/), "
@@ -157,6 +161,21 @@ def _parser() -> argparse.ArgumentParser:
     train_config.add_arguments(finetune)
     finetune.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
     finetune.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+
+    distill = sub.add_parser("distill", help="train a (smaller) student to match a teacher's outputs on images, "
+                             "labelled or not")
+    distill.add_argument("data", metavar="DATA", help="a folder of images (any layout), or a labelled set whose "
+                         "class names are among the teacher's labels")
+    distill.add_argument("--student", dest="model", help="the student: anything vitkit.load accepts (with --arch "
+                         "alone: a fresh network of that architecture)")
+    distill.add_argument("--arch", help="the student's architecture")
+    distill.add_argument("--image-size", type=A.IMAGE_SIZE, help="the student's input size")
+    distill.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    distill.add_argument("--out", required=True, help="output folder: the student as a transformers model folder, "
+                         "logs and report.json")
+    train_config.add_arguments(distill, train_config.DistillConfig)
+    distill.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
+    distill.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
     evaluate = sub.add_parser("eval", help="top-1/top-5 on a labelled folder (ImageNet layouts too), beside "
                               "the checkpoint's published accuracy",
@@ -207,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     onnx.add_argument("--opset", type=A.int_in(14, 23), default=17)
     onnx.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="fp16: for GPU runtimes")
     onnx.add_argument("--json", action="store_true", help="print the export report as JSON")
+    onnx.add_argument("--no-progress", action="store_true")
 
     onnx_text = export_sub.add_parser("onnx-text", help="ONNX graph of an image-text model's text tower (CLIP, "
                                       "SigLIP) with its tokenizer inside, verified against PyTorch")
@@ -215,15 +235,18 @@ def _parser() -> argparse.ArgumentParser:
     onnx_text.add_argument("--out", required=True, help="the .onnx file (`vitkit.load_text` reads it back)")
     onnx_text.add_argument("--opset", type=A.int_in(14, 23), default=17)
     onnx_text.add_argument("--json", action="store_true", help="print the export report as JSON")
+    onnx_text.add_argument("--no-progress", action="store_true")
     onnx_text.set_defaults(handler=_cmd_export_text)
 
     convert = sub.add_parser("convert", help="write a model in another format (labels and preprocessing kept)")
     convert.add_argument("source", metavar="SRC", help="anything --model accepts")
-    convert.add_argument("--arch", help="architecture for a weights file without config")
+    convert.add_argument("--arch", help="architecture for a weights file without config; --to timm: timm's name "
+                         "for it, where the source does not say it")
     convert.add_argument("--to", choices=SAVE_FORMATS + ("onnx",), required=True,
                          help="hf: transformers folder; timm: state dict (.safetensors/.pth) or folder; "
                               "safetensors: vitkit file with config inside; jax: .npz; onnx: dynamic-batch graph")
     convert.add_argument("--out", required=True)
+    convert.add_argument("--no-progress", action="store_true")
 
     doctor = sub.add_parser("doctor", help="this machine: CPU, GPU, measured GEMM peaks, and what --fast can "
                             "choose here and why")
@@ -385,12 +408,14 @@ def _cmd_classify(args) -> int:
     labels = _zero_shot_labels(args)
     inputs = _inputs(args)
     model = _zero_shot(args, _load_for_batch(args, inputs), labels)
+    if args.top_k is None:
+        args.top_k = model.config.num_classes if getattr(model.config, "multi_label", False) else 5
     if args.output:  # a resumable job, merged into the file at the end
         stats = classify_to_file(model, inputs, args.output, args.top_k, args.format, args.chunk_size,
                                  _loader(args), args.arch)
         return _exit_code(stats.processed, stats.errors)
     rows = classify_paths(model, inputs, args.top_k, _loader(args))
-    count, errors = write_rows(rows, args.format, sys.stdout, args.top_k)
+    count, errors = write_rows(rows, args.format, sys.stdout, args.top_k, inputs, model.labels)
     if errors and errors < count:
         print(f"{errors} of {count} inputs could not be classified (see their error field)", file=sys.stderr)
     return _exit_code(count, errors)
@@ -410,15 +435,20 @@ def _cmd_embed(args) -> int:
 
 def _cmd_bench(args) -> int:
     from vitkit.api import load
+    from vitkit.progress import spinner
     from vitkit.tasks.bench import bench_end_to_end, bench_model, with_peak_fraction
 
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
                  **A.load_options(args, [args.e2e] if args.e2e else None))
+    progress = not args.no_progress
     if args.e2e:
-        result = bench_end_to_end(model, args.e2e, args.batch_size, args.workers, draft=args.fast_decode)
+        result = bench_end_to_end(model, args.e2e, args.batch_size, args.workers, draft=args.fast_decode,
+                                  progress=progress)
     else:
-        result = bench_model(model, args.batch_size, backend=None, warmup=args.warmup, iters=args.iters)
-    result = with_peak_fraction(result, model.config, model.spec.input_size)
+        result = bench_model(model, args.batch_size, backend=None, warmup=args.warmup, iters=args.iters,
+                             progress=progress)
+    with spinner("this machine's GEMM peaks (measured once, then cached)", progress):
+        result = with_peak_fraction(result, model.config, model.spec.input_size)
     result["model"] = model.source
     if args.json:
         print(json.dumps(result))
@@ -441,6 +471,14 @@ def _cmd_finetune(args) -> int:
     return 0
 
 
+def _cmd_distill(args) -> int:
+    from vitkit.train.distill import Distiller
+
+    Distiller(train_config.from_arguments(args, train_config.DistillConfig), resume=args.resume,
+              overwrite=args.overwrite).fit()
+    return 0
+
+
 def _cmd_eval(args) -> int:
     import dataclasses
 
@@ -450,6 +488,8 @@ def _cmd_eval(args) -> int:
 
     model = load(args.model, args.arch, image_size=args.image_size, device=args.device,
                  **A.load_options(args, [args.data]))
+    if model.config.multi_label:
+        return _eval_multi_label(args, model)
     if args.protocol == "published":
         model.spec = published_protocol(model.spec, args.model, args.arch)
     if args.crop_pct:
@@ -460,6 +500,20 @@ def _cmd_eval(args) -> int:
     if args.out:
         written = report.write(evaluation, model.source, args.out)
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+def _eval_multi_label(args, model) -> int:
+    from vitkit.checkpoints.io import write_atomic_text
+    from vitkit.evaluate.multi_label import evaluate_tagged, summary
+
+    result = evaluate_tagged(model, args.data, args.batch_size, args.workers, not args.no_progress)
+    print(json.dumps(result) if args.json else summary(result))
+    if args.out:
+        target = os.path.join(args.out, "report.json")
+        os.makedirs(args.out, exist_ok=True)
+        write_atomic_text(json.dumps(result, indent=2) + "\n", target)
+        print(f"wrote {target}", file=sys.stderr)
     return 0
 
 
@@ -486,20 +540,28 @@ def _cmd_zero_shot_eval(args) -> int:
 
 def _cmd_convert(args) -> int:
     from vitkit.api import load
+    from vitkit.checkpoints.save import what_is_lost
+    from vitkit.progress import spinner
 
     model = load(args.source, args.arch, device="cpu")
-    written = model.save(args.out, args.to, args.arch)
+    verified = ": export, then verification with onnxruntime" if args.to == "onnx" else ""
+    with spinner(f"converting to {args.to}{verified}", not args.no_progress):
+        written = model.save(args.out, args.to, args.arch)
     print(f"wrote {written} ({args.to}, {model.config.num_classes} classes, input {model.spec.input_size})")
+    for note in what_is_lost(args.to, args.out, model.spec):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
 def _cmd_export(args) -> int:
     from vitkit.api import load
     from vitkit.onnx import export_onnx
+    from vitkit.progress import spinner
 
     model = load(args.model, args.arch, device="cpu", resize_mode=args.resize_mode)
-    report = export_onnx(model, args.out, image_size=args.image_size, dynamic_batch=args.dynamic_batch,
-                         opset=args.opset, dtype=args.dtype)
+    with spinner("ONNX export, then verification with onnxruntime", not args.no_progress):
+        report = export_onnx(model, args.out, image_size=args.image_size, dynamic_batch=args.dynamic_batch,
+                             opset=args.opset, dtype=args.dtype)
     print(json.dumps(report.to_dict()) if args.json else f"wrote {report.summary()}")
     return 0
 
@@ -507,9 +569,11 @@ def _cmd_export(args) -> int:
 def _cmd_export_text(args) -> int:
     from vitkit.image_text import load_text
     from vitkit.onnx.text import export_text_onnx
+    from vitkit.progress import spinner
 
     text = load_text(args.model, "cpu")
-    report = export_text_onnx(text.net, text.tokenizer, args.out, source=text.source, opset=args.opset)
+    with spinner("ONNX export of the text tower, then verification with onnxruntime", not args.no_progress):
+        report = export_text_onnx(text.net, text.tokenizer, args.out, source=text.source, opset=args.opset)
     print(json.dumps(report.to_dict()) if args.json else f"wrote {report.summary()}")
     return 0
 
@@ -546,7 +610,7 @@ def _cmd_info(args) -> int:
 
 
 COMMANDS = {"models": _cmd_models, "classify": _cmd_classify, "embed": _cmd_embed, "bench": _cmd_bench,
-            "finetune": _cmd_finetune, "eval": _cmd_eval, "convert": _cmd_convert, "export": _cmd_export,
+            "finetune": _cmd_finetune, "distill": _cmd_distill, "eval": _cmd_eval, "convert": _cmd_convert, "export": _cmd_export,
             "info": _cmd_info, "doctor": _cmd_doctor}
 
 

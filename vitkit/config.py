@@ -88,6 +88,13 @@ class ViTConfig:
     # decides the layout names used when saving
     family: Literal["vit", "deit", "beit", "deit3", "mae", "dinov2", "dinov3", "eva02", "clip", "siglip"] = "vit"
     labels: tuple[str, ...] = field(default=(), compare=False)
+    # multi-label: independent sigmoid scores, a label is predicted when its score reaches its threshold
+    # (one per class, tuned F1-optimal on validation by finetune --multi-label; empty: 0.5 for every class)
+    multi_label: bool = field(default=False, compare=False)
+    thresholds: tuple[float, ...] = field(default=(), compare=False)
+    # its name in vitkit's architecture table and timm's create_model ("vit_base_patch16_224"), when the source said
+    # which it is: what a timm file or folder is written for, so that `convert --to timm` needs no --arch
+    arch: str = field(default="", compare=False)
 
     def __post_init__(self):
         for name, (low, high) in CONFIG_INTS.items():
@@ -119,6 +126,16 @@ class ViTConfig:
             object.__setattr__(self, "labels", default_labels(self.num_classes))
         if len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+        if not isinstance(self.arch, str):
+            raise ValueError(f"arch must be an architecture name, got {self.arch!r}")
+        if self.thresholds and (not self.multi_label or len(self.thresholds) != self.num_classes
+                                or not all(0.0 <= t <= 1.0 for t in self.thresholds)):
+            raise ValueError(f"thresholds need a multi-label head and one value in [0, 1] per class "
+                             f"({len(self.thresholds)} for {self.num_classes} classes)")
+
+    def class_thresholds(self) -> tuple[float, ...]:
+        """The multi-label decision threshold of every class (0.5 where none were tuned)."""
+        return self.thresholds or (0.5,) * self.num_classes
 
     def parameters_estimate(self) -> int:
         """Roughly how many parameters this config allocates (blocks, patch embedding, head)."""
@@ -153,11 +170,13 @@ class ViTConfig:
         """A copy with `changes`; a new head size without new labels drops the old names."""
         if changes.get("num_classes", self.num_classes) != self.num_classes and "labels" not in changes:
             changes["labels"] = ()
+            changes.setdefault("thresholds", ())
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["labels"] = list(self.labels)
+        out["thresholds"] = list(self.thresholds)
         return out
 
     @classmethod
@@ -167,8 +186,9 @@ class ViTConfig:
         if unknown:
             raise ValueError(f"unknown ViTConfig fields: {sorted(unknown)}")
         d = dict(d)
-        if "labels" in d:
-            d["labels"] = tuple(d["labels"])
+        for name in ("labels", "thresholds"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)
 
 
@@ -266,6 +286,9 @@ class PreprocessSpec:
     Then a centre crop of input_size x input_size (a no-op when crop_pct is 1).
     resize_mode "pad":      the whole image, aspect kept: the longer side to input_size, centred on an input_size
                             square of the mean colour (letterbox; crop_pct is not used). See `with_resize_mode`.
+    crop_rounding: where a centre crop starts when (side - input_size) / 2 is not whole: "half_even" rounds it as
+    torchvision's CenterCrop (timm; what None means for "shortest"), "floor" as transformers' center_crop (what None
+    means for "exact"; transformers' shortest-edge processors, BitImageProcessor and CLIPImageProcessor, floor too).
     """
 
     input_size: int = 224
@@ -274,8 +297,11 @@ class PreprocessSpec:
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    crop_rounding: Literal["half_even", "floor"] | None = None  # None: the resize mode's library's (see above)
 
     def __post_init__(self):
+        if self.crop_rounding not in (None, "half_even", "floor"):
+            raise ValueError(f"crop_rounding {self.crop_rounding!r} is not 'half_even', 'floor' or None")
         check_int("input_size", self.input_size, *INPUT_SIZE)
         check_float("crop_pct", self.crop_pct, 0.0, 2.0, low_open=True)  # > 1: zero padding
         if self.resize_mode not in ("shortest", "exact", "pad"):
@@ -290,6 +316,12 @@ class PreprocessSpec:
                 check_float(name, value, 0.0 if name == "std" else -10.0, 10.0, low_open=name == "std")
         if self.resize > 16 * INPUT_SIZE[1]:
             raise ValueError(f"crop_pct {self.crop_pct} resizes to {self.resize} px: too small a crop fraction")
+
+    @property
+    def crop_offset_rounding(self) -> str:
+        """crop_rounding, else the resize mode's library's: transformers' "floor" for "exact", torchvision's
+        "half_even" for "shortest"."""
+        return self.crop_rounding or ("floor" if self.resize_mode == "exact" else "half_even")
 
     @property
     def resize(self) -> int:

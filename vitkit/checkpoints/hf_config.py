@@ -5,6 +5,7 @@ Try it:  python -m pytest tests/test_parity_hf.py -q -k roundtrip
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from vitkit.checkpoints.hf_towers import (TOWER_TYPES, tower_architecture, tower_fields, tower_model_type, tower_prefix,
@@ -15,6 +16,7 @@ PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box
 RESAMPLE_CODE = {name: code for code, name in PIL_RESAMPLE.items()}
 SUPPORTED_TYPES = ("vit", "deit", "beit") + TOWER_TYPES
 TOWER_FAMILIES = ("mae", "dinov2", "dinov3", "clip", "siglip")
+THRESHOLDS = "vitkit_thresholds"  # config.json: a multi-label head's per-class thresholds, in id order
 
 
 def _side(value, what: str) -> int:
@@ -79,13 +81,24 @@ def config_from_hf(hf: dict, shapes: dict[str, tuple]) -> ViTConfig:
 
 
 def _with_labels(fields: dict, hf: dict) -> dict:
-    """`fields` with the classifier's label names from id2label, when there are as many as classes."""
+    """`fields` with the classifier's label names from id2label, when there are as many as classes, and its
+    multi-label setting (transformers' problem_type, vitkit's tuned thresholds)."""
     if fields["num_classes"]:
         id2label = hf.get("id2label") or {}
         labels = tuple(id2label[k] for k in sorted(id2label, key=int))
         if len(labels) == fields["num_classes"]:
             fields["labels"] = labels
+        if hf.get("problem_type") == "multi_label_classification":
+            fields["multi_label"] = True
+            fields["thresholds"] = tuple(hf.get(THRESHOLDS) or ())
     return fields
+
+
+def multi_label_to_hf(cfg: ViTConfig) -> dict:
+    """transformers' problem_type for a multi-label head (its loss is then BCE) and vitkit's thresholds."""
+    if not cfg.multi_label:
+        return {}
+    return {"problem_type": "multi_label_classification", THRESHOLDS: list(cfg.class_thresholds())}
 
 
 def hf_model_type(cfg: ViTConfig) -> str:
@@ -113,6 +126,10 @@ def hf_architecture(cfg: ViTConfig) -> tuple[str, str]:
 
 
 def config_to_hf(cfg: ViTConfig) -> dict:
+    return {**_backbone_to_hf(cfg), **multi_label_to_hf(cfg)}
+
+
+def _backbone_to_hf(cfg: ViTConfig) -> dict:
     if cfg.family in TOWER_FAMILIES:
         return tower_to_hf(cfg)
     model_type = hf_model_type(cfg)
@@ -143,7 +160,8 @@ def config_to_hf(cfg: ViTConfig) -> dict:
 
 
 def spec_from_hf(pre: dict) -> PreprocessSpec:
-    """A PreprocessSpec from transformers' preprocessor_config.json."""
+    """A PreprocessSpec from transformers' preprocessor_config.json: its crops start where transformers' center_crop
+    starts them (the offset floored, for the shortest-edge processors too)."""
     if pre.get("rescale_factor", 1 / 255) != 1 / 255 and pre.get("do_rescale", True):
         raise ValueError(f"unsupported rescale_factor {pre['rescale_factor']}")
     size = pre.get("size", 224)
@@ -156,16 +174,25 @@ def spec_from_hf(pre: dict) -> PreprocessSpec:
     normalize = pre.get("do_normalize", True)
     resample = pre.get("resample", 2)
     return PreprocessSpec(
-        input_size=crop, crop_pct=crop_pct, resize_mode=mode,
+        input_size=crop, crop_pct=crop_pct, resize_mode=mode, crop_rounding="floor" if mode == "shortest" else None,
         interpolation=PIL_RESAMPLE[int(resample)] if not isinstance(resample, str) else resample,
         mean=tuple(pre.get("image_mean", (0.5,) * 3)) if normalize else (0.0,) * 3,
         std=tuple(pre.get("image_std", (0.5,) * 3)) if normalize else (1.0,) * 3,
     )
 
 
+def transformers_view(spec: PreprocessSpec) -> PreprocessSpec:
+    """The recipe transformers runs for `spec` once it is written by spec_to_hf: the same resize and crop size, the
+    crop offset floored. timm's rule rounds it half to even (torchvision's CenterCrop), and no transformers
+    processor does: on an image whose margin (side - crop) is 3 mod 4 pixels, e.g. 400x296 -> 335x248 -> 224,
+    timm's crop starts at 56 and transformers' at 55 (11 of the 100 photos in ../shared/images at crop_pct 0.9)."""
+    return dataclasses.replace(spec, crop_rounding="floor" if spec.resize_mode == "shortest" else None)
+
+
 def spec_to_hf(spec: PreprocessSpec, model_type: str) -> dict:
-    """preprocessor_config.json for transformers. timm's rule (shorter side, then crop) is written for
-    BitImageProcessor, the transformers processor that resizes the shortest edge and centre-crops."""
+    """preprocessor_config.json for transformers. The shorter-side rule is written for BitImageProcessor, the
+    transformers processor that resizes the shortest edge (as torchvision's Resize: the longer side truncated) and
+    centre-crops; transformers then runs `transformers_view(spec)`."""
     common = dict(do_resize=True, resample=RESAMPLE_CODE[spec.interpolation], do_rescale=True,
                   rescale_factor=1 / 255, do_normalize=True, image_mean=list(spec.mean), image_std=list(spec.std))
     if spec.resize_mode == "pad":

@@ -7,6 +7,7 @@ the evaluation, the accuracy gate and the report) and by the runtime's precision
     fused.py       the fp32 graph with com.microsoft.Attention nodes
     onnx_int8.py   onnxruntime quantization of the chosen nodes; metadata
     build.py       network + recipe + calibration pixels -> INT8 graph
+    fake_quant.py  the same graph's rounding in PyTorch (straight-through), for quantization-aware fine-tuning
 
 Try it:  python -m pytest tests/test_quantize.py -q
 """

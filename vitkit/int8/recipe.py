@@ -6,7 +6,8 @@ A site is one weight GEMM of the network, named by its vitkit module path:
     blocks.{i}.attn.proj            input: softmax(qk) v     -> smoothing folds into v's rows of qkv
     blocks.{i}.mlp.fc1              input: norm2(x)          -> smoothing folds into norm2
     blocks.{i}.mlp.fc2              input: GELU(fc1)         -> no place to fold a scale (GELU is not linear)
-    pre_logits.fc, head, head_dist  the pooler and classifier(s)
+    pre_logits.fc, head, head_dist  the pooler and classifier(s), on pooled (B, D) features: Gemm in the graph, so
+                                    float in dynamic INT8 (onnxruntime has no dynamic integer Gemm)
 Everything else (LayerNorm, softmax and its inputs q k^T, the attention-weighted sum, GELU, residual adds, position
 embedding) always stays in float: only weight GEMMs are quantized (DESIGN.md, "Known traps").
 
@@ -138,3 +139,16 @@ def sites(net: nn.Module) -> dict[str, nn.Module]:
 def quantized_sites(net: nn.Module, recipe: Recipe) -> list[str]:
     """The sites this recipe quantizes (all but its float islands)."""
     return [name for name in sites(net) if not any(name.startswith(prefix) for prefix in recipe.keep_float)]
+
+
+# layers on pooled (B, D) features: the exporter writes them as Gemm, which onnxruntime's dynamic quantizer has no
+# integer form of
+POOLED_SITES = ("pre_logits.fc", "head", "head_dist")
+
+
+def int8_sites(net: nn.Module, recipe: Recipe) -> list[str]:
+    """The sites the INT8 graph of this recipe computes in integers: `quantized_sites`, less the pooled layers in
+    dynamic mode. The graph builder (vitkit.int8.build) and its PyTorch emulation (vitkit.int8.fake_quant) both
+    take their layers from here."""
+    chosen = quantized_sites(net, recipe)
+    return [s for s in chosen if s not in POOLED_SITES] if recipe.method == "dynamic" else chosen

@@ -107,12 +107,13 @@ class VisionTransformer(nn.Module):
     def labels(self) -> tuple[str, ...]:
         return self.config.labels
 
-    def reset_classifier(self, labels: Sequence[str]) -> None:
+    def reset_classifier(self, labels: Sequence[str], multi_label: bool = False) -> None:
         """A new head (and distillation head) for `labels`, initialised as `init_weights` does (truncated normal,
         std 0.02; zero bias); a pre-logits layer goes with the old head, as transformers and timm drop it when
         fine-tuning (their classifiers read the class token directly). An output projection (CLIP) stays: the
-        new head reads the projected embedding."""
-        self.config = self.config.replace(num_classes=len(labels), labels=tuple(labels), pre_logits_dim=0)
+        new head reads the projected embedding. `multi_label`: its outputs are independent sigmoid scores."""
+        self.config = self.config.replace(num_classes=len(labels), labels=tuple(labels), pre_logits_dim=0,
+                                          multi_label=multi_label, thresholds=())
         if hasattr(self, "pre_logits"):
             del self.pre_logits
         heads = ["head"] + (["head_dist"] if self.config.dist_token and self.config.dist_head else [])
@@ -232,12 +233,17 @@ class VisionTransformer(nn.Module):
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, T, D) -> logits (B, C), or the pre-logit features (B, D') with pre_logits=True.
         Distilled DeiT averages its two heads (and, for features, the two tokens) as timm does."""
-        pooled = self._pooled(tokens)
         if pre_logits:
+            pooled = self._pooled(tokens)
             return pooled[0] if len(pooled) == 1 else torch.stack(pooled).mean(dim=0)
-        heads = [self.head] + ([self.head_dist] if hasattr(self, "head_dist") else [])
-        logits = [head(p) for head, p in zip(heads, pooled)]
+        logits = self.head_logits(tokens)
         return logits[0] if len(logits) == 1 else torch.stack(logits).mean(dim=0)
+
+    def head_logits(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens (B, T, D) -> each head's logits [(B, C)]: [class head], or [class head, distillation head] for a
+        distilled DeiT (trained apart by knowledge distillation, averaged by forward_head)."""
+        heads = [self.head] + ([self.head_dist] if hasattr(self, "head_dist") else [])
+        return [head(p) for head, p in zip(heads, self._pooled(tokens))]
 
     def pool(self, tokens: torch.Tensor, kind: str, final: bool = True) -> torch.Tensor:
         """Tokens (B, T, D) -> one embedding per image: 'cls' the class token (B, D), 'mean' the patch-token
@@ -267,5 +273,7 @@ class VisionTransformer(nn.Module):
         """Pixels (B, C, H, W) -> `pool(forward_features(pixels), kind)`."""
         return self.pool(self.forward_features(pixels), kind)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(pixels))
+    def forward(self, pixels: torch.Tensor, separate_heads: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Pixels (B, C, H, W) -> logits (B, classes); `separate_heads`: every head's logits (head_logits)."""
+        tokens = self.forward_features(pixels)
+        return self.head_logits(tokens) if separate_heads else self.forward_head(tokens)

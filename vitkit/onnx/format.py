@@ -14,6 +14,7 @@ client, quantized files alike).
             vitkit_outputs     output names, in order         vitkit_input    {"name", "shape", "dtype"}
             vitkit_dtype       "fp32" | "fp16"                vitkit_verification  measured diffs
             vitkit_source      what was exported              vitkit_version  vitkit's version
+            vitkit_scores      {"activation": "softmax"} or {"activation": "sigmoid", "thresholds": [...]} (multi-label)
 
 Try it:  python -c "from vitkit.onnx.format import read_metadata; print(read_metadata('/tmp/deit.onnx'))"
 """
@@ -81,6 +82,9 @@ def with_metadata(data: bytes, config: ViTConfig, spec: PreprocessSpec, *, dtype
         "vitkit_source": source,
         "vitkit_version": VERSION,
     }
+    if config.num_classes:  # how logits become scores, for runtimes that read no vitkit_config
+        props["vitkit_scores"] = json.dumps({"activation": "sigmoid", "thresholds": list(config.class_thresholds())}
+                                            if config.multi_label else {"activation": "softmax"})
     if verification is not None:
         props["vitkit_verification"] = json.dumps(verification)
     if provenance:  # the hub commit and sha256 of the weights this graph was exported from

@@ -13,6 +13,7 @@ GELU always in float.
                    floor below, so that the runtime's --fast builds it in process too
     data.py        calibration views, labelled evaluation folders
     report.py      QuantizationReport; agreement / accuracy / cosine, speed, markdown
+    qat.py         quantization-aware fine-tuning (--qat DATA) through vitkit.int8.fake_quant, fp32 as teacher
     pipeline.py    quantize(): all of the above plus the accuracy gate and the file
 
 Try it:  python benchmarks/quantize.py --quick
@@ -23,6 +24,7 @@ import importlib
 _WHERE = {"QuantizeError": "vitkit.int8.onnx_int8", "read_quantization": "vitkit.int8.onnx_int8",
           "METHODS": "vitkit.quantize.pipeline", "QuantizationRefused": "vitkit.quantize.pipeline",
           "quantize": "vitkit.quantize.pipeline", "RECIPES": "vitkit.int8.recipe", "Recipe": "vitkit.int8.recipe",
+          "QATOptions": "vitkit.quantize.qat",
           "default_recipe": "vitkit.int8.recipe", "QuantizationReport": "vitkit.quantize.report",
           "markdown": "vitkit.quantize.report"}
 __all__ = tuple(sorted(_WHERE))

@@ -2,6 +2,7 @@
 
 Try it:  vitkit quantize --model ../shared/weights/deit-tiny-patch16-224/model.safetensors --arch deit_tiny_patch16_224 \
              --method dynamic --calib CALIB_DIR --eval EVAL_DIR --out deit-int8.onnx --report report.md
+         (add --qat TUNE_DIR for quantization-aware fine-tuning, reported beside the post-training result)
 """
 
 from __future__ import annotations
@@ -42,26 +43,47 @@ def add_commands(sub, model_args, runtime_args) -> None:
     parser.add_argument("--text-out", metavar="FILE.onnx",
                         help="image-text models (CLIP, SigLIP): quantize the text tower too, into this file; the gate "
                              "is then zero-shot top-1 on --eval's class folders (their names are the labels)")
+    parser.add_argument("--qat", metavar="DATA",
+                        help="quantization-aware fine-tuning on this folder of images (labels.csv or class "
+                             "sub-folders add cross-entropy; evaluation images are left out) with the fp32 model as "
+                             "teacher, then the INT8 graph of the tuned weights; the report shows post-training and "
+                             "QAT side by side; without --calib it also calibrates")
+    parser.add_argument("--qat-steps", type=A.COUNT, default=300, help="with --qat: optimiser steps (default 300)")
+    parser.add_argument("--qat-lr", type=A.float_in(0.0, 1.0, low_open=True), default=1e-5,
+                        help="with --qat: AdamW learning rate (default 1e-5)")
+    parser.add_argument("--qat-batch-size", type=A.BATCH, default=16, help="with --qat: images per step (default 16)")
+    parser.add_argument("--qat-ce-weight", type=A.float_in(0.0, 100.0), default=0.1,
+                        help="with --qat and labelled DATA: weight of the cross-entropy beside the distillation from "
+                             "fp32 (default 0.1; 0: distil only)")
+    parser.add_argument("--seed", type=A.NON_NEGATIVE, default=0,
+                        help="with --qat: the order and crops of the tuning images (default 0)")
     parser.add_argument("--template", action="append", metavar="PROMPT",
                         help="with --text-out: zero-shot prompt(s) (default: CLIP's 80 ImageNet templates)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.api import load
+    from vitkit.api import load, resolve_device
     from vitkit.quantize import RECIPES, QuantizationRefused, markdown, quantize
+    from vitkit.quantize.qat import QATOptions
 
     if args.recipe and args.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {args.recipe!r}: choose {', '.join(RECIPES)}")
+    if args.qat and args.text_out:
+        raise ValueError("--qat tunes an image classifier; it does not apply to --text-out")
     model = load(args.model, args.arch, image_size=args.image_size, device="cpu", resize_mode=args.resize_mode)
     say = (lambda msg: None) if args.json else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     if args.text_out:
         return _image_text(args, model, say)
+    qat = None if args.qat is None else QATOptions(args.qat, steps=args.qat_steps, lr=args.qat_lr,
+                                                   batch_size=args.qat_batch_size, seed=args.seed,
+                                                   ce_weight=args.qat_ce_weight,
+                                                   device=str(resolve_device(args.device)))
     try:
         report = quantize(model, args.method, calib=args.calib, eval_folder=args.eval_folder, backend=args.backend,
                           out=args.out, max_drop=args.max_drop, force=args.force,
                           recipe=RECIPES[args.recipe] if args.recipe else None, calib_views=args.calib_views,
-                          speed=not args.no_speed, report_md=args.report, log=say)
+                          speed=not args.no_speed, report_md=args.report, qat=qat, log=say)
     except QuantizationRefused as refused:
         print(json.dumps(refused.report.to_dict()) if args.json else markdown(refused.report))
         print(f"vitkit quantize: {refused}", file=sys.stderr)

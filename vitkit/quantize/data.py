@@ -38,16 +38,21 @@ class EvalSet:
     labels_from: str  # "labels.csv", "sub-folders" or "none"
 
 
+def random_view(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A random crop of 30-100% of the area, aspect 3:4-4:3, mirrored half of the time."""
+    w, h = image.size
+    area = rng.uniform(0.3, 1.0) * w * h
+    aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    cw, ch = min(w, max(1, round((area * aspect) ** 0.5))), min(h, max(1, round((area / aspect) ** 0.5)))
+    x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    view = image.crop((x0, y0, x0 + cw, y0 + ch))
+    return ImageOps.mirror(view) if rng.random() < 0.5 else view
+
+
 def _views(image: Image.Image, views: int, rng: random.Random) -> list[Image.Image]:
     out = [image, ImageOps.mirror(image)][:views]
-    w, h = image.size
     while len(out) < views:
-        area = rng.uniform(0.3, 1.0) * w * h
-        aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
-        cw, ch = min(w, max(1, round((area * aspect) ** 0.5))), min(h, max(1, round((area / aspect) ** 0.5)))
-        x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        view = image.crop((x0, y0, x0 + cw, y0 + ch))
-        out.append(ImageOps.mirror(view) if rng.random() < 0.5 else view)
+        out.append(random_view(image, rng))
     return out
 
 

@@ -4,9 +4,12 @@ accuracy.
     quantize(model, method="dynamic", calib=["calib/"], eval_folder="val/", out="model-int8.onnx")
 
 1. calibration views of the --calib images (vitkit.quantize.data) that are not evaluation images, when the recipe
-   needs them
+   needs them (with --qat and no --calib: of the QAT images)
 2. the INT8 graph (vitkit.int8.build): SmoothQuant folded in, fused attention, onnxruntime quantization
 3. evaluation on --eval: top-1 agreement with the fp32 graph, accuracy of both on the labels, embedding cosine
+3b. with qat: quantization-aware fine-tuning (vitkit.quantize.qat) on images that are not evaluation images, the
+   INT8 graph of the tuned weights through the same build, and its evaluation; the post-training one stays in the
+   report as `ptq_eval`, side by side, and what is gated and written is the QAT graph
 4. speed, model only, batch 1: the fp32 graph, the quantized graph and transformers (sdpa, fp32) in the same run
 5. the gate: accuracy drop in points (fp32 - quantized) must be <= max_drop (default 1.0), else QuantizationRefused
    and nothing is written, unless force=True. Without labels the drop is bounded by the top-1 disagreement, which is
@@ -35,6 +38,7 @@ from vitkit.int8.build import build_int8
 from vitkit.quantize.data import calibration_pixels, eval_set
 from vitkit.int8.onnx_int8 import QuantizeError, add_metadata
 from vitkit.int8.recipe import Recipe, default_recipe
+from vitkit.quantize.qat import QATOptions, tune
 from vitkit.quantize.report import QuantizationReport, compare, markdown, measure_speed, transformers_runner
 
 METHODS = ("dynamic", "static", "fp16")
@@ -61,7 +65,7 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
              backend: str = "onnx", out: str | None = None, max_drop: float = 1.0, force: bool = False, *,
              recipe: Recipe | None = None, calib_views: int = 4, max_calib_images: int | None = 256,
              speed: bool = True, speed_rounds: int = 5, quiet_wait_s: float = 20.0, compare_transformers: bool = True,
-             report_md: str | None = None, log=None) -> QuantizationReport:
+             report_md: str | None = None, qat: QATOptions | None = None, log=None) -> QuantizationReport:
     """Quantize a vitkit `Model` (plain network, loaded without --backend/--dtype) and return its QuantizationReport
     (`markdown(report)` renders it, `report.to_dict()` is its JSON). Raises QuantizationRefused (report attached,
     nothing written) when the accuracy drop on `eval_folder` exceeds `max_drop` points and `force` is False; QuantizeError / ValueError for bad input.
@@ -72,6 +76,7 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
              is made without SmoothQuant; static refuses.
     backend  "onnx" (onnxruntime). "torch" is refused: see docs/quantization-report.md for why.
     out      the .onnx file to write (None: measure only, write nothing)
+    qat      quantization-aware fine-tuning before the graph is written (vitkit.quantize.qat); None: post-training only
     """
     say = log or (lambda msg: None)
     if method not in METHODS:
@@ -84,6 +89,9 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
                             "onnxruntime's, with the same accuracy; for a fast PyTorch path use --dtype bf16")
     if max_drop < 0:
         raise ValueError(f"max_drop must be >= 0 points, got {max_drop}")
+    if qat is not None and method == "fp16":
+        raise ValueError("--qat tunes for INT8: use --method dynamic or static")
+    calib = calib or ([qat.data] if qat is not None else None)
     net, spec = model.net, model.spec
     started = time.perf_counter()
     report = QuantizationReport(model=str(getattr(model, "source", "")), method=method, image_size=spec.input_size)
@@ -93,6 +101,10 @@ def quantize(model, method: str = "dynamic", calib: list[str] | None = None, eva
     fp32, quantized, dynamic_batch = _build(report, net, spec, method, recipe, calibration, say)
     ref_run, q_run = _sessions(report, fp32, quantized)
     _evaluate(report, model, ev, eval_folder, ref_run, q_run, say)
+    if qat is not None:
+        quantized, dynamic_batch = _qat(report, model, recipe, calibration, qat, ev, say)
+        q_run = Session(quantized)
+        _evaluate(report, model, ev, eval_folder, ref_run, q_run, say)
     if speed and q_run is not None:
         _speed(report, net, spec, method, ref_run, q_run, speed_rounds, quiet_wait_s, compare_transformers, say)
     gate = _gate(report, max_drop, force)
@@ -156,6 +168,22 @@ def _build(report: QuantizationReport, net, spec, method, recipe, calibration, s
     return fp32, quantized, dynamic_batch
 
 
+def _qat(report: QuantizationReport, model, recipe: Recipe, calibration, options: QATOptions, ev,
+         say) -> tuple[bytes, bool]:
+    """3b. Quantization-aware fine-tuning, then the INT8 graph of the tuned weights (SmoothQuant is folded in
+    already); the post-training evaluation moves to report.ptq_eval."""
+    tuned, record = tune(model.net, model.spec, recipe, calibration, options, tuple(model.labels),
+                         exclude=ev.paths if ev else [], log=say)
+    built = build_int8(tuned, model.spec.input_size, recipe.replace(smooth_alpha=None), calibration)
+    report.recipe = {**recipe.to_dict(), "qat": record}
+    report.recipe_text = (f"{recipe.describe()}; quantization-aware fine-tuning ({record['steps']} steps, "
+                          f"lr {record['lr']:g})")
+    report.seconds_build = {**(report.seconds_build or {}), "qat": record["seconds"],
+                            "qat_graph": round(sum(built.seconds.values()), 2)}
+    report.ptq_eval, report.eval = report.eval, None
+    return built.int8, built.dynamic_batch
+
+
 def _sessions(report: QuantizationReport, fp32: bytes, quantized: bytes) -> tuple[Session, Session | None]:
     reference = Session(fp32)
     try:
@@ -215,9 +243,10 @@ def _gate(report: QuantizationReport, max_drop: float, force: bool) -> dict:
 def _write(report: QuantizationReport, quantized: bytes, net, spec, method, dynamic_batch: bool, out: str) -> None:
     """6. The file, atomically, with vitkit's metadata and the quantization summary."""
     summary = {k: getattr(report, k) for k in ("method", "recipe", "recipe_text", "layers", "size_mb", "gate")}
-    if report.eval:
-        summary["eval"] = {k: report.eval.get(k) for k in ("folder", "images", "top1_agreement", "accuracy",
-                                                               "embedding_cosine")}
+    for name in ("eval", "ptq_eval"):
+        if getattr(report, name):
+            summary[name] = {k: getattr(report, name).get(k) for k in ("folder", "images", "top1_agreement",
+                                                                       "accuracy", "embedding_cosine")}
     data = add_metadata(quantized, net, spec, dynamic_batch=dynamic_batch, source=report.model,
                         quantization=summary, dtype="fp16" if method == "fp16" else "int8")
     write_atomic_bytes(data, out)
@@ -235,6 +264,8 @@ def _model_card(report: QuantizationReport, out: str) -> str:
         if accuracy:
             metrics["accuracy fp32"], metrics["accuracy quantized"] = accuracy["fp32"], accuracy["quantized"]
         metrics["embedding cosine (mean)"] = (report.eval.get("embedding_cosine") or {}).get("mean")
+    if report.ptq_eval:
+        metrics["top-1 agreement with fp32 before QAT (post-training INT8)"] = report.ptq_eval.get("top1_agreement")
     if report.speed and report.speed.get("vs_fp32_onnxruntime"):
         metrics["speed vs onnxruntime fp32 (batch 1)"] = f"{report.speed['vs_fp32_onnxruntime']:.2f}x"
     metrics["size MB (fp32 -> quantized)"] = f"{report.size_mb.get('fp32')} -> {report.size_mb.get('quantized')}"

@@ -33,7 +33,8 @@ class QuantizationReport:
     layers       {int8: count, float: [kept layer names], fused_attention: bool} or None (fp16)
     size_mb      {fp32, quantized, ratio[, file]}
     eval         {folder, labels_from, images, top1_agreement[, accuracy {fp32, quantized, drop_points}], flips,
-                  embedding_cosine {mean, min}, ...} or None (no --eval)
+                  embedding_cosine {mean, min}, ...} or None (no --eval): of the graph that is gated and written
+    ptq_eval     with --qat: the same measures of the post-training graph (the same recipe without the tuning)
     speed        measure_speed()'s result plus vs_fp32_onnxruntime / vs_transformers_sdpa, or None
     gate         {max_drop, forced, measure, drop_points, passed}
     """
@@ -50,6 +51,7 @@ class QuantizationReport:
     seconds_build: float | None = None
     size_mb: dict = field(default_factory=dict)
     eval: dict | None = None
+    ptq_eval: dict | None = None
     speed: dict | None = None
     model_card: str | None = None  # the README.md written beside the file (None: a README there was not vitkit's)
     gate: dict = field(default_factory=dict)
@@ -162,6 +164,24 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _quality_rows(size: dict, evals: list[dict]) -> list[str]:
+    """The table's rows: size, accuracy, agreement, cosine; one column per evaluated graph after fp32's."""
+    def row(name: str, fp32: str, cell) -> str:
+        return f"| {name} | {fp32} | " + " | ".join(cell(e) for e in evals) + " |"
+
+    rows = [row("file size MB", size.get("fp32", "n/a"), lambda e: str(size.get("quantized", "n/a")))]
+    if evals[-1].get("accuracy"):
+        acc = evals[-1]["accuracy"]
+        rows.append(row("top-1 accuracy", _pct(acc["fp32"]),
+                        lambda e: f"{_pct(e['accuracy']['quantized'])} ({-e['accuracy']['drop_points']:+.1f} points)"))
+    if evals[-1].get("top1_agreement") is not None:
+        rows.append(row("top-1 agreement with fp32", "100%", lambda e: _pct(e["top1_agreement"])))
+    if evals[-1].get("embedding_cosine"):
+        rows.append(row("embedding cosine similarity, mean (min)", "1",
+                        lambda e: f"{e['embedding_cosine']['mean']:.4f} ({e['embedding_cosine']['min']:.4f})"))
+    return rows
+
+
 def markdown(report: QuantizationReport | dict) -> str:
     """A short page: what was made, how it compares, whether the gate passed (from the report, or its JSON)."""
     r = report if isinstance(report, QuantizationReport) else QuantizationReport.from_dict(report)
@@ -179,20 +199,21 @@ def markdown(report: QuantizationReport | dict) -> str:
                         if cal.get("evaluation_images_left_out") else ""))
     else:
         lines.append("- calibration: none")
+    qat = (r.recipe or {}).get("qat")
+    if qat:
+        data = qat["data"]
+        lines.append(f"- quantization-aware fine-tuning: {qat['steps']} steps of {qat['batch_size']}, "
+                     f"lr {qat['lr']:g}, seed {qat['seed']}, on {data['images']} images of {data['source']} (labels: "
+                     f"{data['labels_from']}; sha256 {data['sha256'][:16]}), none of them an evaluation image; "
+                     f"loss {qat['loss_first']:.4f} -> {qat['loss_last']:.4f}; activation ranges: "
+                     f"{qat['activation_ranges']}")
     ev = r.eval or {}
     if ev:
         lines.append(f"- evaluation: {ev.get('images')} images in {ev.get('folder')} (labels: {ev.get('labels_from')})")
-    lines += ["", "| measure | fp32 | quantized |", "|---|---:|---:|"]
-    size = r.size_mb
-    lines.append(f"| file size MB | {size.get('fp32', 'n/a')} | {size.get('quantized', 'n/a')} |")
-    acc = ev.get("accuracy")
-    if acc:
-        lines.append(f"| top-1 accuracy | {_pct(acc['fp32'])} | {_pct(acc['quantized'])} ({-acc['drop_points']:+.1f} points) |")
-    if ev.get("top1_agreement") is not None:
-        lines.append(f"| top-1 agreement with fp32 | 100% | {_pct(ev['top1_agreement'])} |")
-    if ev.get("embedding_cosine"):
-        c = ev["embedding_cosine"]
-        lines.append(f"| embedding cosine similarity, mean (min) | 1 | {c['mean']:.4f} ({c['min']:.4f}) |")
+    columns = [("PTQ INT8", r.ptq_eval), ("QAT INT8", ev)] if r.ptq_eval else [("quantized", ev)]
+    lines += ["", "| measure | fp32 | " + " | ".join(name for name, _ in columns) + " |",
+              "|---|---:|" + "---:|" * len(columns)]
+    lines += _quality_rows(r.size_mb, [e for _, e in columns])
     speed = r.speed or {}
     if speed.get("img_s"):
         base = speed.get("speedup", {})

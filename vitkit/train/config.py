@@ -52,7 +52,12 @@ class TrainConfig:
                                  A.float_in(0.0, 10.0))
     layer_decay: float | None = option(None, "layer-wise LR decay, e.g. 0.65" + AUTO,
                                        A.float_in(0.0, 1.0, low_open=True))
-    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", A.float_in(0.0, 0.99))
+    multi_label: bool = option(False, "several labels per image (DATA a manifest: path,labels with a|b, or one 0/1 "
+                               "column per class): sigmoid outputs, per-class thresholds tuned F1-optimal on val")
+    multi_label_loss: Literal["bce", "asl"] = option(
+        "bce", "with --multi-label: binary cross-entropy, or the asymmetric loss (ASL: down-weights easy negatives, "
+        "for many labels per image and rare positives)", choices=("bce", "asl"))
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy (single-label)", A.float_in(0.0, 0.99))
     drop_path: float = option(0.0, "stochastic depth rate of the last block", A.float_in(0.0, 0.99))
     clip_grad: float | None = option(1.0, "max gradient norm (0: off)", A.float_in(0.0, 1e6), zero_off=True)
     amp: Literal["bf16", "fp16", "none"] = option("none", "mixed precision (fp16: GPU only)",
@@ -86,9 +91,23 @@ class TrainConfig:
     RESUMABLE_CHANGES = ("out", "workers", "device", "patience", "checkpoint_every")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field (but those the CLI gives every model command), from the field's `option`."""
-    for f in dataclasses.fields(TrainConfig):
+@dataclass(frozen=True)
+class DistillConfig(TrainConfig):
+    """`vitkit distill`: a fine-tuning run whose targets come from a teacher (vitkit.train.distill)."""
+
+    teacher: str | None = option(None, "the teacher: anything vitkit.load accepts (required)")
+    teacher_arch: str | None = option(None, "the teacher's architecture, when its weights file does not say")
+    temperature: float = option(1.0, "softmax temperature of the KL term (1: the teacher's own probabilities)",
+                                A.float_in(0.05, 100.0))
+    hard_weight: float | None = option(None, "weight of the cross-entropy with DATA's own labels, beside 1 - it "
+                                       "for the teacher's (default: 0.5 with labels, 0 without)", A.FRACTION)
+    teacher_views: int = option(4, "augmented views per training image whose teacher logits are computed once "
+                                "and cached; epoch e trains on view 1 + e mod N", A.int_in(1, 64))
+
+
+def add_arguments(parser: argparse.ArgumentParser, config: type = TrainConfig) -> None:
+    """One flag per field of `config` (but those the CLI gives every model command), from the field's `option`."""
+    for f in dataclasses.fields(config):
         if f.name in FROM_MODEL_ARGS:
             continue
         meta, flag = f.metadata, "--" + f.name.replace("_", "-")
@@ -99,9 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help=meta["help"])
 
 
-def from_arguments(args: argparse.Namespace) -> TrainConfig:
+def from_arguments(args: argparse.Namespace, config: type = TrainConfig) -> TrainConfig:
     values = {}
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(config):
         value = getattr(args, f.name)
         values[f.name] = None if f.metadata.get("zero_off") and value == 0 else value
-    return TrainConfig(**values)
+    return config(**values)

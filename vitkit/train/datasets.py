@@ -45,6 +45,7 @@ def sample_generator(seed: int, *key: int) -> torch.Generator:
 # -- the dataset -------------------------------------------------------------------------------------------
 class LabelledImages(Dataset):
     """(path, label) items -> (pixels (3, S, S) float32, label int), the pixels from `transform(image, rng)`.
+    Multi-label items (path, (label, ...)) with `num_classes` -> (pixels, multi-hot float32 (num_classes,)).
 
     `rng` is a torch.Generator seeded from (seed, epoch, index): call `set_epoch` before each epoch (in
     the process that owns the dataset; DataLoader workers get a copy at each epoch's start).
@@ -63,11 +64,15 @@ class LabelledImages(Dataset):
 
     def __init__(self, items: Sequence[Item], transform: Transform, seed: int = 0, *,
                  max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
-                 on_error: str = "substitute", max_consecutive_failures: int = 16):
+                 on_error: str = "substitute", max_consecutive_failures: int = 16, num_classes: int | None = None):
         if on_error not in ("substitute", "raise"):
             raise ValueError(f"on_error must be 'substitute' or 'raise', not {on_error!r}")
         sample_seed(seed)  # validates
-        self.items = [(str(path), int(label)) for path, label in items]
+        self.items = [(str(path), tuple(int(i) for i in label) if isinstance(label, tuple) else int(label))
+                      for path, label in items]
+        if num_classes is None and any(isinstance(label, tuple) for _, label in self.items):
+            raise ValueError("multi-label items need num_classes")
+        self.num_classes = num_classes
         self.transform, self.seed, self.epoch = transform, int(seed), 0
         self.max_pixels, self.draft_size = max_pixels, draft_size
         self.on_error, self.max_consecutive_failures = on_error, max_consecutive_failures
@@ -80,10 +85,19 @@ class LabelledImages(Dataset):
         return len(self.items)
 
     @property
-    def labels(self) -> list[int]:
+    def labels(self) -> list:
+        """Each item's label index (single-label) or tuple of indices (multi-label)."""
         return [label for _, label in self.items]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def target(self, label: int | tuple[int, ...]) -> int | torch.Tensor:
+        """What a batch holds for `label`: the index, or a multi-hot float32 (num_classes,) for a label set."""
+        if not isinstance(label, tuple):
+            return label
+        hot = torch.zeros(self.num_classes)
+        hot[list(label)] = 1.0
+        return hot
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         count = len(self.items)
         if not -count <= index < count:
             raise IndexError(f"index {index} out of range for {count} images")
@@ -100,7 +114,7 @@ class LabelledImages(Dataset):
                     raise
                 self._record(path, read_error(err))
                 continue
-            return self.transform(image, generator), label
+            return self.transform(image, generator), self.target(label)
         raise RuntimeError(
             f"{min(count, self.max_consecutive_failures + 1)} images in a row from position {index} could not "
             f"be read (first: {self.items[index][0]}: {self.failures.get(self.items[index][0], '?')}); "

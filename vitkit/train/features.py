@@ -1,5 +1,6 @@
 """Frozen features for the linear probe: the head's input (pre-logits) for every image, computed once and
-cached on disk, keyed by the backbone's weights and the data.
+cached on disk, keyed by the backbone's weights and the data; and the same for a distillation teacher's logits
+(outputs="logits": keyed by all its weights, heads included).
 
 View 0 is the checkpoint's eval transform; views 1..K are augmented (the run's train transform, seeded
 per (seed, view, image)). Each view is its own cache entry: a crash loses at most the chunk in flight
@@ -39,11 +40,12 @@ CHUNK = 256
 HEAD_KEYS = ("head.", "head_dist.")
 
 
-def backbone_digest(net: VisionTransformer) -> str:
-    """A digest of every weight the features depend on (all but the heads), names and shapes included."""
+def backbone_digest(net: VisionTransformer, heads: bool = False) -> str:
+    """A digest of every weight the features depend on (all but the heads, unless `heads`), names and shapes
+    included."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(net.state_dict().items()):
-        if name.startswith(HEAD_KEYS):
+        if name.startswith(HEAD_KEYS) and not heads:
             continue
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -83,31 +85,37 @@ def _collate(rows):
 
 
 class FeatureExtractor:
-    """Pre-logit features of `net` (the plain network; an inference copy is made for speed) for lists of
-    images under a transform, cached by (backbone weights, files, transform, view, seed)."""
+    """Pre-logit features (or, outputs="logits", the logits) of `net` (the plain network; an inference copy is
+    made for speed) for lists of images under a transform, cached by (weights, files, transform, view, seed).
+    `adapt` maps the transform's pixels to the net's own input (a teacher with other preprocessing than the run's
+    student); its repr is part of the cache key."""
 
     def __init__(self, net: VisionTransformer, device: torch.device, batch_size: int = 32, workers: int = 1,
-                 progress: bool = True):
+                 progress: bool = True, outputs: str = "pre_logits", adapt=None):
         from vitkit.runtime import prepare
 
-        self.digest = backbone_digest(net)
+        if outputs not in ("pre_logits", "logits"):
+            raise ValueError(f"outputs must be 'pre_logits' or 'logits', not {outputs!r}")
+        self.outputs, self.adapt = outputs, adapt
+        self.digest = backbone_digest(net, heads=outputs == "logits")
         self.net = prepare(copy.deepcopy(net).eval(), "eager", "fp32", device)
         self.device, self.batch_size, self.workers, self.progress = device, batch_size, workers, progress
-        width = net.config.embed_dim
-        self.width = width
+        self.width = net.config.num_classes if outputs == "logits" else net.config.embed_dim
 
     def features(self, items: list[Item], transform, seed: int, view: int, what: str) -> torch.Tensor:
         """(N, D) float32 features of `items`; NaN rows where an image could not be read."""
         key = hashlib.blake2b(json.dumps({
             "backbone": self.digest, "files": _files_digest(items), "transform": repr(transform),
-            "seed": seed, "view": view}, sort_keys=True).encode(), digest_size=16).hexdigest()
+            "seed": seed, "view": view, **({"outputs": self.outputs, "adapt": repr(self.adapt)}
+                                           if self.outputs == "logits" else {})},
+            sort_keys=True).encode(), digest_size=16).hexdigest()
         target = cache_dir("features") / f"{key}.safetensors"
         if target.is_file():
             return load_file(target)["features"]
         job = Job([path for path, _ in items], target, {"key": key}, CHUNK)
         job.open()
         done = job.done()
-        images = LabelledImages(items, transform, seed, on_error="raise")
+        images = LabelledImages([(path, 0) for path, _ in items], transform, seed, on_error="raise")  # pixels only
         images.set_epoch(view)
         plan = [list(job.chunk_range(c)) for c in range(job.num_chunks) if c not in done]
         todo = sum(len(p) for p in plan)
@@ -137,5 +145,9 @@ class FeatureExtractor:
         good = [k for k, (_, pixels, _) in enumerate(rows) if pixels is not None]
         if good:
             pixels = torch.stack([rows[k][1] for k in good]).to(self.device)  # (b, 3, H, W)
-            out[good] = self.net.forward_head(self.net.forward_features(pixels), pre_logits=True).float().cpu()
+            if self.adapt is not None:
+                pixels = self.adapt(pixels)
+            tokens = self.net.forward_features(pixels)
+            out[good] = (self.net.forward_head(tokens) if self.outputs == "logits" else
+                         self.net.forward_head(tokens, pre_logits=True)).float().cpu()
         return Chunk([{"error": error} for _, _, error in rows], {"features": out})

@@ -12,7 +12,7 @@ from pathlib import Path
 from vitkit.plotting import pyplot
 
 
-def plot_curves(log: str | Path, png: str | Path) -> bool:
+def plot_curves(log: str | Path, png: str | Path, metric: str = "top-1") -> bool:
     plt = pyplot()
     if plt is None:
         return False
@@ -25,11 +25,12 @@ def plot_curves(log: str | Path, png: str | Path) -> bool:
         left.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="validation")
     left.set(xlabel="optimizer step", ylabel="loss", title="loss")
     left.legend()
-    if epochs and "val_top1" in epochs[0]:
-        right.plot([r["epoch"] + 1 for r in epochs], [r["val_top1"] for r in epochs], "o-", label="top-1")
-        right.plot([r["epoch"] + 1 for r in epochs], [r["val_top5"] for r in epochs], "s--", label="top-5")
+    if epochs and "val_score" in epochs[0]:
+        right.plot([r["epoch"] + 1 for r in epochs], [r["val_score"] for r in epochs], "o-", label=metric)
+        if "val_top5" in epochs[0]:
+            right.plot([r["epoch"] + 1 for r in epochs], [r["val_top5"] for r in epochs], "s--", label="top-5")
         right.legend()
-    right.set(xlabel="epoch", ylabel="validation accuracy", title="accuracy", ylim=(0, 1.02))
+    right.set(xlabel="epoch", ylabel=f"validation {metric}", title=metric, ylim=(0, 1.02))
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

@@ -5,6 +5,10 @@ the global RNG (drop path) is saved in every checkpoint; each global batch is th
 whatever the number of ranks (rank r takes its slice of every global batch). So a run interrupted and
 resumed, and a run on N ranks, follow the same loss curve as one uninterrupted single-process run.
 
+Multi-label (`--multi-label`, DATA a manifest of label sets: vitkit.data.tagged): a sigmoid head trained with
+BCE (or the asymmetric loss), the best model chosen by validation mAP, and per class the F1-optimal threshold on
+validation stored in the saved config (transformers' problem_type "multi_label_classification").
+
 Linear probe first (LP-FT): `linear-probe` solves the head on frozen features (vitkit.train.probe) and stops;
 `freeze` and `full` start fine-tuning from that head, and the probe counts as epoch 0: it is evaluated and
 kept as the best model until an epoch beats it on validation, so the saved model is never worse there.
@@ -43,11 +47,13 @@ from vitkit.batch import distributed
 from vitkit.train.augment import eval_transform, mixup_cutmix, train_transform
 from vitkit.train.config import TrainConfig
 from vitkit.data.labelled import DatasetError, discover
+from vitkit.data.tagged import discover_tagged
 from vitkit.train.datasets import LabelledImages, find_bad_images
 from vitkit.train.defaults import resolve
 from vitkit.train.ema import EMA
-from vitkit.train.evaluate import autocast, evaluate
+from vitkit.train.evaluate import autocast, evaluate, evaluate_multi_label
 from vitkit.train.features import FeatureExtractor
+from vitkit.train.losses import multi_label_loss, soft_cross_entropy
 from vitkit.train.optim import apply_recipe, build_optimizer
 from vitkit.train.probe import Probe, fit_probe
 from vitkit.train.schedule import lr_at, set_lr
@@ -62,7 +68,7 @@ class State:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    best_top1: float = -1.0
+    best_score: float = -1.0  # validation top-1, or mAP for a multi-label head
     best_epoch: int = -1  # 0: the linear probe
     bad_epochs: int = 0
     epoch_loss_sum: float = 0.0  # over the steps of the current epoch so far
@@ -79,7 +85,7 @@ def build_network(cfg: TrainConfig, labels: list[str]):
     provenance)."""
     base = load_model(cfg.model, cfg.arch, image_size=cfg.image_size, device="cpu", drop_path=cfg.drop_path)
     torch.manual_seed(cfg.seed)
-    base.net.reset_classifier(labels)
+    base.net.reset_classifier(labels, multi_label=cfg.multi_label)
     return base.net.float(), base.spec, base.provenance
 
 
@@ -91,7 +97,9 @@ class Trainer:
         if not resume and not overwrite and self.out.is_dir() and any(self.out.iterdir()):
             raise FileExistsError(f"--out {self.out} already holds files: give --resume to continue that run, "
                                   "--overwrite to replace it, or another --out")
-        splits = discover(cfg.data, cfg.val_split, cfg.seed)
+        if cfg.multi_label and (cfg.mixup or cfg.cutmix):
+            raise ValueError("--mixup and --cutmix mix one label per image: leave them off with --multi-label")
+        splits = self._splits(cfg)
         if len(splits.labels) < 2:
             raise DatasetError(f"{cfg.data}: one class ({splits.labels[0]}); a classifier needs at least two")
         resolved = resolve(cfg, len(splits.train), self.world)
@@ -108,14 +116,17 @@ class Trainer:
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("--amp fp16 needs a CUDA GPU (it relies on loss scaling); use --amp bf16 on CPU")
         self.labels = splits.labels
-        self.net, self.spec, self.base_provenance = build_network(cfg, self.labels)
+        self.metric = "mAP" if cfg.multi_label else "top-1"
+        self.loss = multi_label_loss(cfg.multi_label_loss) if cfg.multi_label else \
+            (lambda logits, targets: F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing))
+        self.net, self.spec, self.base_provenance = self._network(cfg, self.labels)
         apply_recipe(self.net, cfg.recipe, cfg.freeze_blocks)
         self.net.grad_checkpointing = cfg.grad_checkpointing
         self.net.to(self.device)
         ops = cfg.augment if cfg.augment in ("trivial", "rand") else None
         transform = train_transform(self.spec, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, auto_augment=ops)
-        self.train_set = LabelledImages(splits.train, transform, cfg.seed)
-        self.val_set = _val_set(splits.val, self.spec, cfg.seed)
+        self.train_set = LabelledImages(splits.train, transform, cfg.seed, num_classes=len(self.labels))
+        self.val_set = _val_set(splits.val, self.spec, cfg.seed, len(self.labels))
         self.steps_per_epoch = len(splits.train) // cfg.batch_size
         if not self.steps_per_epoch:
             raise ValueError(f"{len(splits.train)} training images are fewer than one batch of {cfg.batch_size}")
@@ -126,6 +137,7 @@ class Trainer:
         self.ema = EMA(self.net, cfg.ema) if cfg.ema else None
         self.model = (DistributedDataParallel(self.net) if self.world > 1 else self.net)
         self.state = State()
+        self._prepare()
         torch.manual_seed(cfg.seed)
         if resume:
             self._load_checkpoint()
@@ -134,6 +146,39 @@ class Trainer:
             (self.out / CHECKPOINT).unlink(missing_ok=True)  # --overwrite: nothing of the old run resumes
             write_atomic_text(json.dumps(cfg.to_dict(), indent=2) + "\n", self.out / "train_config.json")
             (self.out / "log.jsonl").write_text("")
+
+    # -- what a subclass (vitkit.train.distill) replaces ---------------------------------------------------------
+    def _splits(self, cfg: TrainConfig):
+        """The training and validation items and the class names: (path, label index or label set) items."""
+        return (discover_tagged if cfg.multi_label else discover)(cfg.data, cfg.val_split, cfg.seed)
+
+    def _network(self, cfg: TrainConfig, labels: list[str]):
+        return build_network(cfg, labels)
+
+    def _prepare(self) -> None:
+        """Work before the first step, once the network and the data sets exist (nothing here)."""
+
+    def _view(self, epoch: int) -> int:
+        """The augmentation epoch of the samples of training epoch `epoch` (fresh draws every epoch)."""
+        return epoch
+
+    def _loss(self, pixels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.model(pixels).float(), targets)
+
+    def _evaluate(self) -> tuple[dict, float, tuple[float, ...]]:
+        """(validation figures for the log, the score the best model is chosen by, multi-label thresholds)."""
+        args = (self._eval_net(), self.val_set, self.labels, self.micro * 2, self.device, self.cfg.workers,
+                self.cfg.amp)
+        if self.cfg.multi_label:
+            metrics = evaluate_multi_label(*args)
+            return ({"val_loss": metrics["loss"], "val_map": metrics["map"], "val_micro_f1": metrics["micro_f1"],
+                     "val_macro_f1": metrics["macro_f1"]}, metrics["map"], tuple(metrics["thresholds"]))
+        metrics = evaluate(*args)
+        return {"val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"]}, \
+            metrics["top1"], ()
+
+    def _made_by(self) -> str:
+        return "fine-tuned by `vitkit finetune`"
 
     def _say(self, message: str) -> None:
         if self.rank == 0:
@@ -156,16 +201,16 @@ class Trainer:
             self._save_checkpoint()
             self._say(line)
             if cfg.patience is not None and state.bad_epochs >= cfg.patience:
-                reason = f"no better val top-1 in {cfg.patience} epochs"
+                reason = f"no better val {self.metric} in {cfg.patience} epochs"
                 self._log({"kind": "stop", "epoch": state.epoch, "reason": reason})
                 self._say(f"stopped early: {reason}")
                 break
         if self.rank == 0:
             from vitkit.train.plots import plot_curves
 
-            plot_curves(self.out / "log.jsonl", self.out / "curves.png")
+            plot_curves(self.out / "log.jsonl", self.out / "curves.png", self.metric)
             best = "the probe" if state.best_epoch == 0 else f"epoch {state.best_epoch}"
-            self._say(f"best: {best}, val top-1 {state.best_top1:.1%}, saved to {self.out}" if self.val_set else
+            self._say(f"best: {best}, val {self.metric} {state.best_score:.1%}, saved to {self.out}" if self.val_set else
                       f"no validation images: the last model is saved to {self.out}")
         distributed.barrier()
         return summary
@@ -173,25 +218,24 @@ class Trainer:
     def _validate(self, summary: dict, epoch: int) -> bool:
         """Validation metrics into `summary`; saves the model when it is the best so far (always without
         validation images). `epoch` counts from 1; 0 is the probe."""
-        state = self.state
+        state, thresholds = self.state, ()
         if self.val_set is None:
             improved = True
         else:
-            metrics = evaluate(self._eval_net(), self.val_set, self.labels, self.micro * 2, self.device,
-                               self.cfg.workers, self.cfg.amp)
-            summary.update(val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"])
-            improved = metrics["top1"] > state.best_top1
-            state.best_top1 = max(state.best_top1, metrics["top1"])
+            figures, score, thresholds = self._evaluate()
+            summary.update(figures, val_score=score)
+            improved = score > state.best_score
+            state.best_score = max(state.best_score, score)
             state.bad_epochs = 0 if improved else state.bad_epochs + 1
         if improved:
             state.best_epoch = epoch
-            self._save_model()
+            self._save_model(thresholds)
         return improved
 
     def _val_note(self, summary: dict, improved: bool) -> str:
-        if "val_top1" not in summary:
+        if "val_score" not in summary:
             return "  (saved)"
-        return f"  val top-1 {summary['val_top1']:.1%}" + ("  (best, saved)" if improved else "")
+        return f"  val {self.metric} {summary['val_score']:.1%}" + ("  (best, saved)" if improved else "")
 
     # -- the linear probe -------------------------------------------------------------------------------
     def _probe_phase(self) -> dict:
@@ -209,7 +253,7 @@ class Trainer:
         summary = {"kind": "probe", "epoch": 0, "step": 0}
         if probe is not None:
             summary.update(l2=probe.l2, selection=probe.selection,
-                           grid=[[p.l2, p.top1, p.loss] for p in probe.grid])
+                           grid=[[p.l2, p.score, p.loss] for p in probe.grid])
             self._say(probe.describe())
         improved = self._validate(summary, 0)
         self.state.probed = True
@@ -225,11 +269,11 @@ class Trainer:
         views = [(eval_transform(self.spec), "train")] + \
             [(self.train_set.transform, f"train, augmented view {v}") for v in range(1, cfg.views + 1)]
         train_x = torch.cat([extractor.features(items, t, cfg.seed, v, what) for v, (t, what) in enumerate(views)])
-        train_y = torch.tensor([label for _, label in items] * len(views))
+        train_y = self._targets(self.train_set, items * len(views))
         val_x = val_y = None
         if self.val_set is not None:
             val_x = extractor.features(self.val_set.items, eval_transform(self.spec), cfg.seed, 0, "validation")
-            val_y = torch.tensor(self.val_set.labels)
+            val_y = self._targets(self.val_set, self.val_set.items)
         readable = ~train_x.isnan().any(dim=1)
         if not readable.all():
             self._say(f"warning: {int((~readable).sum())} training views could not be read and are left out "
@@ -237,6 +281,11 @@ class Trainer:
         smoothing = 0.0 if cfg.recipe == "linear-probe" else cfg.label_smoothing  # LP-FT: the FT loss's optimum
         return fit_probe(train_x[readable], train_y[readable], len(self.labels), val_x, val_y,
                          label_smoothing=smoothing)
+
+    def _targets(self, dataset: LabelledImages, items: list) -> torch.Tensor:
+        """Class indices (N,), or multi-hot (N, C) for a multi-label run."""
+        values = [dataset.target(label) for _, label in items]
+        return torch.stack(values) if self.cfg.multi_label else torch.tensor(values)
 
     def _batches(self, epoch: int) -> list[list[int]]:
         """This rank's micro-batches for the rest of the epoch: global batch b is order[b*B:(b+1)*B]; rank r
@@ -251,7 +300,7 @@ class Trainer:
 
     def _train_epoch(self) -> float:
         cfg, state = self.cfg, self.state
-        self.train_set.set_epoch(state.epoch)
+        self.train_set.set_epoch(self._view(state.epoch))
         # its own generator: creating the iterator must not draw from the global RNG (drop path uses it)
         loader = DataLoader(self.train_set, batch_sampler=self._batches(state.epoch), num_workers=cfg.workers,
                             worker_init_fn=die_with_parent,
@@ -291,9 +340,8 @@ class Trainer:
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else self.model.no_sync()
             with sync, autocast(self.device.type, cfg.amp):
-                logits = self.model(soft[0] if soft else pixels)
-                loss = (_soft_cross_entropy(logits.float(), soft[1]) if soft else
-                        F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing))
+                loss = soft_cross_entropy(self.model(soft[0]).float(), soft[1]) if soft else \
+                    self._loss(pixels, targets)
                 scaled = loss / cfg.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += scaled.detach().double().cpu()
@@ -331,16 +379,21 @@ class Trainer:
             with open(self.out / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
 
-    def _save_model(self) -> None:
+    def _save_model(self, thresholds: list[float] | tuple[float, ...] = ()) -> None:
+        """The model being evaluated, as the output folder; a multi-label head with `thresholds` (tuned on
+        validation; none: 0.5 for every class)."""
         if self.rank == 0:
-            save_folder(self._eval_net(), self.spec, self.out)
+            net = self._eval_net()
+            if self.cfg.multi_label:
+                net.config = net.config.replace(thresholds=tuple(thresholds))
+            save_folder(net, self.spec, self.out)
             write_model_card(self.out, self._model_card())
 
     def _model_card(self) -> str:
         """README.md for the saved (best) model: base, data, recipe, its validation figures, how to load it."""
         cfg, state = self.cfg, self.state
         val = len(self.val_set) if self.val_set is not None else 0
-        metrics = {"validation top-1": state.best_top1} if self.val_set is not None else {}
+        metrics = {f"validation {self.metric}": state.best_score} if self.val_set is not None else {}
         metrics["saved at"] = "the linear probe" if state.best_epoch == 0 else f"epoch {state.best_epoch}"
         recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out", "device", "workers")}
         for name, digest in (self.base_provenance.get("sha256") or {}).items():
@@ -349,7 +402,7 @@ class Trainer:
             recipe["base hub commit"] = self.base_provenance["commit"]
         arch = cfg.arch or (MODELS[cfg.model].arch if cfg.model in MODELS else None)
         summary = (f"An image classifier of {len(self.labels)} classes ({', '.join(self.labels[:10])}"
-                   f"{', ...' if len(self.labels) > 10 else ''}) fine-tuned by `vitkit finetune` on {cfg.data}: "
+                   f"{', ...' if len(self.labels) > 10 else ''}) {self._made_by()} on {cfg.data}: "
                    f"{len(self.train_set)} training images, {val} validation images.")
         return model_card(title=f"{Path(cfg.out).name}: fine-tuned from {cfg.model or cfg.arch}",
                           base_model=cfg.model, summary=summary, recipe=recipe, metrics=metrics,
@@ -394,14 +447,14 @@ class Trainer:
             _truncate_log(self.out / "log.jsonl", self.state.global_step, self.state.epoch)
 
 
-def _val_set(items: list[tuple[str, int]], spec, seed: int) -> LabelledImages | None:
+def _val_set(items: list, spec, seed: int, num_classes: int) -> LabelledImages | None:
     """Validation images that cannot be read are left out (with a warning), never substituted: a
     substitute would be counted twice."""
     bad = find_bad_images(items)
     if bad:
         print(f"warning: {len(bad)} validation images left out, e.g. {next(iter(bad.items()))}", file=sys.stderr)
     kept = [item for item in items if item[0] not in bad]
-    return LabelledImages(kept, eval_transform(spec), seed, on_error="raise") if kept else None
+    return LabelledImages(kept, eval_transform(spec), seed, on_error="raise", num_classes=num_classes) if kept else None
 
 
 def _head_tensors(probe: Probe | None, net: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -409,10 +462,6 @@ def _head_tensors(probe: Probe | None, net: VisionTransformer) -> tuple[torch.Te
     if probe is not None:
         return probe.weight.to(net.head.weight.device), probe.bias.to(net.head.bias.device)
     return torch.zeros_like(net.head.weight), torch.zeros_like(net.head.bias)
-
-
-def _soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
 def _truncate_log(log: Path, step: int, epoch: int) -> None:
