@@ -20,48 +20,30 @@ from PIL import Image
 
 import vitkit
 from vitkit.checkpoints.save import save_vitkit
-from vitkit.config import ViTConfig
 from vitkit.models.vit import VisionTransformer
 from vitkit.train.distill import SpecAdapter, kd_loss
 
 from conftest import sigkill_when
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from digit_sheets import sheet, write_digits, write_student  # noqa: E402  (examples/: the README's data)
+
 DIGITS = Path(vitkit.__file__).parent / "assets" / "digits-vit"
-STUDENT = ViTConfig(image_size=32, patch_size=8, width=48, depth=2, heads=2, mlp_dim=96, num_classes=10,
-                    family="vit")
 RECIPE = ["--lr", "2e-3", "--layer-decay", "1", "--head-init", "random", "--hflip", "0", "--workers", "0"]  # a fresh student
-
-
-def digit(scan: np.ndarray) -> Image.Image:
-    grey = np.round(255.0 - scan.reshape(8, 8) * (255.0 / 16.0)).astype(np.uint8)
-    return Image.fromarray(grey, mode="L").resize((32, 32), Image.Resampling.BILINEAR).convert("RGB")
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> tuple[Path, list[str]]:
-    """An unlabelled folder of 1,400 digits (nested, no class folders) and 397 held-out digit files."""
+    """An unlabelled folder of 1,400 digits (nested, no class folders) and 397 held-out digit files
+    (examples/digit_sheets.py, the README's worked example)."""
     sklearn = pytest.importorskip("sklearn.datasets")
-    scans = sklearn.load_digits().images
-    order = np.random.default_rng(0).permutation(len(scans))
-    root = tmp_path_factory.mktemp("digits")
-    for n, i in enumerate(order[:1400]):
-        target = root / "unlabelled" / f"batch{n % 3}" / f"{n:04d}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digit(scans[i]).save(target)
-    held = []
-    for n, i in enumerate(order[1400:]):
-        target = root / "held-out" / f"{n:04d}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digit(scans[i]).save(target)
-        held.append(str(target))
-    return root / "unlabelled", held
+    folder, held = write_digits(tmp_path_factory.mktemp("digits"), sklearn.load_digits().images)
+    return folder, [str(p) for p in held]
 
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    teacher = vitkit.load(str(DIGITS))
-    return save_vitkit(VisionTransformer(STUDENT), teacher.spec, tmp_path_factory.mktemp("student") / "s.safetensors")
+    return write_student(tmp_path_factory.mktemp("student") / "s.safetensors")
 
 
 def cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -180,19 +162,20 @@ def labelled_digits(tmp_path_factory) -> Path:
     for label in range(10):
         (root / str(label)).mkdir()
         for n, i in enumerate(np.flatnonzero(data.target == label)[:8]):
-            digit(data.images[i]).save(root / str(label) / f"{n}.png")
+            sheet([data.images[i]]).save(root / str(label) / f"{n}.png")
     return root
 
 
 @pytest.mark.slow
-def test_a_deit_student_trains_its_distillation_head_on_the_teachers_labels(labelled_digits, tmp_path, monkeypatch):
+def test_a_deit_student_trains_its_distillation_head_on_the_teachers_labels(labelled_digits, student, tmp_path,
+                                                                           monkeypatch):
     """Labelled data: the class head learns DATA's labels, the distillation head the teacher's top-1 (DeiT)."""
     from vitkit.train.config import DistillConfig
     from vitkit.train.distill import Distiller
 
     torch.manual_seed(0)
     teacher = vitkit.load(str(DIGITS))
-    deit = STUDENT.replace(dist_token=True, family="deit")
+    deit = vitkit.load(str(student)).config.replace(dist_token=True, family="deit")
     base = save_vitkit(VisionTransformer(deit), teacher.spec, tmp_path / "deit.safetensors")
     cfg = DistillConfig(data=str(labelled_digits), out=str(tmp_path / "out"), model=str(base), teacher=str(DIGITS),
                         epochs=1, batch_size=16, lr=1e-3, layer_decay=1.0, head_init="random", hflip=0.0,

@@ -7,7 +7,6 @@ logits of the same folder), `vitkit eval`, and the ONNX export keeping sigmoid o
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -23,43 +22,21 @@ from vitkit.data.labelled import DatasetError
 from vitkit.data.tagged import discover_tagged
 from vitkit.multilabel import label_frequency_map
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from digit_sheets import write_tags  # noqa: E402  (examples/: the README's data)
+
 DIGITS = Path(vitkit.__file__).parent / "assets" / "digits-vit"
 CANVAS = 32  # the digits model's input size
 SIZES = {"train": 700, "val": 150, "test": 200}
 
 
-def overlay(scans: list[np.ndarray]) -> Image.Image:
-    """Digit scans (8x8, 0..16 = ink) written over each other on one sheet, dark ink on white, at the model's size."""
-    inks = np.max(scans, axis=0)
-    grey = np.round(255.0 - inks.reshape(8, 8) * (255.0 / 16.0)).astype(np.uint8)
-    return Image.fromarray(grey, mode="L").resize((CANVAS, CANVAS), Image.Resampling.BILINEAR).convert("RGB")
-
-
 @pytest.fixture(scope="module")
 def tags(tmp_path_factory) -> Path:
     """tags.csv (path,labels,split) over sheets of one or two distinct digits written over each other, from
-    disjoint scan pools."""
+    disjoint scan pools (examples/digit_sheets.py, the README's worked example)."""
     sklearn = pytest.importorskip("sklearn.datasets")
     digits = sklearn.load_digits()
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(digits.target))
-    pools = dict(zip(SIZES, np.array_split(order, [1100, 1400])))  # every split draws from its own scans
-    root = tmp_path_factory.mktemp("tags")
-    with open(root / "tags.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "labels", "split"])
-        for split, count in SIZES.items():
-            (root / split).mkdir()
-            pool = pools[split]
-            for n in range(count):
-                while True:
-                    picks = rng.choice(pool, size=1 if rng.random() < 0.2 else 2, replace=False)
-                    names = [str(digits.target[i]) for i in picks]
-                    if len(set(names)) == len(names):
-                        break
-                overlay([digits.images[i] for i in picks]).save(root / split / f"{n:04d}.png")
-                writer.writerow([f"{split}/{n:04d}.png", "|".join(names), split])
-    return root / "tags.csv"
+    return write_tags(tmp_path_factory.mktemp("tags"), digits.images, digits.target)
 
 
 def truth_matrix(items, num_classes: int) -> np.ndarray:

@@ -127,9 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     _batch_args(classify)
     classify.add_argument("--top-k", type=A.TOP_K, default=None,
                           help="labels per image (default: 5; a multi-label model: every label over its threshold)")
-    classify.add_argument("--format", choices=OUTPUT_FORMATS, default="table",
-                          help="table: aligned columns with a header, to read (default); tsv: path<TAB>predictions, "
-                               "one line per input, for scripts; jsonl; csv")
+    classify.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                          help="table: aligned columns with a header, to read; tsv: path<TAB>predictions, one line per "
+                               "input, for scripts; jsonl; csv (default: from the --output suffix .jsonl/.csv/.tsv, "
+                               "else table)")
     classify.add_argument("--output", "-o", help="write here (atomically; a re-run resumes) instead of stdout")
     _zero_shot_args(classify)
 
@@ -401,6 +402,9 @@ def _zero_shot(args, model, labels):
     return ZeroShotClassifier(model, load_text(source, model.device), labels, args.template)
 
 
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+
+
 def _cmd_classify(args) -> int:
     from vitkit.output import write_rows
     from vitkit.tasks.classify import classify_paths, classify_to_file
@@ -410,6 +414,8 @@ def _cmd_classify(args) -> int:
     model = _zero_shot(args, _load_for_batch(args, inputs), labels)
     if args.top_k is None:
         args.top_k = model.config.num_classes if getattr(model.config, "multi_label", False) else 5
+    if args.format is None:
+        args.format = SUFFIX_FORMATS.get(os.path.splitext(args.output or "")[1].lower(), "table")
     if args.output:  # a resumable job, merged into the file at the end
         stats = classify_to_file(model, inputs, args.output, args.top_k, args.format, args.chunk_size,
                                  _loader(args), args.arch)
