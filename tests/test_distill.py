@@ -46,9 +46,11 @@ def student(tmp_path_factory) -> Path:
     return write_student(tmp_path_factory.mktemp("student") / "s.safetensors")
 
 
-def cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+def cli(*args) -> subprocess.CompletedProcess:
+    """`vitkit ARGS` in a subprocess with one thread, as the SIGKILLed run gets: a second thread reorders float sums
+    (the resume test compares runs bit for bit; tiny batches only lose from it on 2 cores)."""
     return subprocess.run([sys.executable, "-m", "vitkit", *map(str, args)], capture_output=True, text=True,
-                          timeout=1800, env={**os.environ, **(env or {})})
+                          timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
