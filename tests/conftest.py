@@ -170,6 +170,16 @@ def can_torchrun(tmp_path_factory):
         pytest.skip(f"torchrun cannot run two gloo ranks here (exit {result.returncode}): {result.stderr[-1500:]}")
 
 
+# a `python -c` program that runs the vitkit CLI with every optimizer step slowed by 0.15 s, so that a test can SIGKILL
+# a fine-tuning or distillation run mid-epoch (vitkit.cli's arguments follow it)
+SLOW_STEP = ("import sys, time\n"
+             "from vitkit.train import trainer\n"
+             "step = trainer.Trainer._step\n"
+             "trainer.Trainer._step = lambda self, batches: (time.sleep(0.15), step(self, batches))[1]\n"
+             "from vitkit.cli import main\n"
+             "sys.exit(main(sys.argv[1:]))\n")
+
+
 def sigkill_when(proc: subprocess.Popen, ready, what: str, log: Path, timeout: float = 90) -> None:
     """SIGKILL `proc` as soon as `ready()` is true (polled every 5 ms); the test fails, with `log`'s text, if the
     process ends first or `what` has not happened after `timeout` s."""

@@ -23,7 +23,7 @@ from vitkit.checkpoints.save import save_vitkit
 from vitkit.models.vit import VisionTransformer
 from vitkit.train.distill import SpecAdapter, kd_loss
 
-from conftest import sigkill_when
+from conftest import SLOW_STEP, sigkill_when
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from digit_sheets import sheet, write_digits, write_student  # noqa: E402  (examples/: the README's data)
@@ -97,12 +97,6 @@ def _steps_logged(log: Path) -> int:
     return log.read_text().count('"kind": "step"') if log.is_file() else 0
 
 
-SLOW_STEP = ("import sys, time\n"
-             "from vitkit.train import trainer\n"
-             "step = trainer.Trainer._step\n"
-             "trainer.Trainer._step = lambda self, batches: (time.sleep(0.15), step(self, batches))[1]\n"
-             "from vitkit.cli import main\n"
-             "sys.exit(main(sys.argv[1:]))\n")
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ from vitkit.models.vit import layer_id
 from vitkit.train.schedule import lr_at
 from vitkit.train.trainer import Trainer
 
-from conftest import sigkill_when
+from conftest import SLOW_STEP, sigkill_when
 
 CLASSES = ("blue", "green", "red", "yellow")
 COLOURS = {"blue": (40, 60, 200), "green": (40, 170, 60), "red": (200, 40, 40), "yellow": (210, 200, 40)}
@@ -532,12 +532,6 @@ def test_registry_arch_at_a_small_size(images, tmp_path):
 # ----------------------------------------------------------------------------- exact resume
 
 
-SLOW_STEP = ("import sys, time\n"
-             "from vitkit.train import trainer\n"
-             "step = trainer.Trainer._step\n"
-             "trainer.Trainer._step = lambda self, batches: (time.sleep(0.15), step(self, batches))[1]\n"
-             "from vitkit.cli import main\n"
-             "sys.exit(main(sys.argv[1:]))\n")
 
 
 def _step_rows_logged(log: Path) -> int:

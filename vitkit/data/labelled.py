@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,26 +219,31 @@ def _read_csv(manifest: Path) -> list[_Row]:
     return rows
 
 
-def _read_jsonl(manifest: Path) -> list[_Row]:
-    rows = []
+def jsonl_objects(manifest: Path) -> Iterator[tuple[str, object]]:
+    """("FILE:LINE", the parsed value) of every non-blank line of a JSONL manifest; DatasetError for bad JSON."""
     with open(manifest, encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             where = f"{manifest}:{number}"
             try:
-                record = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as err:
                 raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise DatasetError(f'{where}: expected an object like {{"path": "a.jpg", "label": "cat"}}')
-            _check_columns(list(record), manifest, where)
-            for key, value in record.items():
-                if key in ("path", "split") and not isinstance(value, str) or \
-                        key == "label" and (isinstance(value, bool) or not isinstance(value, (str, int))):
-                    raise DatasetError(f"{where}: {key!r} must be a {'string' if key != 'label' else 'string or integer'}"
-                                       f", not {json.dumps(value)}")
-            rows.append(_row({k: str(v) for k, v in record.items()}, where))
+
+
+def _read_jsonl(manifest: Path) -> list[_Row]:
+    rows = []
+    for where, record in jsonl_objects(manifest):
+        if not isinstance(record, dict):
+            raise DatasetError(f'{where}: expected an object like {{"path": "a.jpg", "label": "cat"}}')
+        _check_columns(list(record), manifest, where)
+        for key, value in record.items():
+            if key in ("path", "split") and not isinstance(value, str) or \
+                    key == "label" and (isinstance(value, bool) or not isinstance(value, (str, int))):
+                raise DatasetError(f"{where}: {key!r} must be a {'string' if key != 'label' else 'string or integer'}"
+                                   f", not {json.dumps(value)}")
+        rows.append(_row({k: str(v) for k, v in record.items()}, where))
     return rows  # no rows at all: `_from_manifest` says so, for both manifest kinds
 
 

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitkit.data.labelled import SPLIT_VALUES, DatasetError, _list, _split_key, sort_labels
+from vitkit.data.labelled import SPLIT_VALUES, DatasetError, _list, _split_key, jsonl_objects, sort_labels
 
 Tagged = tuple[str, tuple[int, ...]]  # (path, indices of its labels)
 SEPARATOR = "|"
@@ -123,19 +123,11 @@ def _one_hot(cells: dict[str, str], classes: list[str], where: str) -> tuple[str
 
 def _read_jsonl(manifest: Path) -> list[_Row]:
     rows = []
-    with open(manifest, encoding="utf-8-sig") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{manifest}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("path"), str) or "labels" not in record:
-                raise DatasetError(f'{where}: expected an object like {{"path": "a.jpg", "labels": ["cat", "dog"]}}')
-            rows.append(_Row(where, record["path"].strip(), parse_labels(record["labels"], where),
-                             _split_of(record.get("split"), where)))
+    for where, record in jsonl_objects(manifest):
+        if not isinstance(record, dict) or not isinstance(record.get("path"), str) or "labels" not in record:
+            raise DatasetError(f'{where}: expected an object like {{"path": "a.jpg", "labels": ["cat", "dog"]}}')
+        rows.append(_Row(where, record["path"].strip(), parse_labels(record["labels"], where),
+                         _split_of(record.get("split"), where)))
     return rows
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from vitkit.int8.recipe import POOLED_SITES, Recipe, int8_sites
+from vitkit.int8.smooth import run_observed
 
 U8_MAX = 255
 STATIC_INTEGER_BIAS = ("patch_embed.proj",) + POOLED_SITES  # exported as Conv / Gemm: QDQ rounds their bias too
@@ -115,15 +116,7 @@ def calibrated_ranges(net: nn.Module, recipe: Recipe, batches) -> dict[str, tupl
         return record
 
     handles = [_input_owner(net, site).register_forward_pre_hook(recorder(site)) for site in int8_sites(net, recipe)]
-    was_training = net.training
-    net.eval()
-    try:
-        for pixels in batches:
-            net(pixels)
-    finally:
-        for handle in handles:
-            handle.remove()
-        net.train(was_training)
+    run_observed(net, handles, batches)
     return found
 
 

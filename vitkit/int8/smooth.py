@@ -56,6 +56,13 @@ def activation_absmax(net: VisionTransformer, batches, which=("qkv", "proj", "fc
                 handles.append(module.register_forward_hook(lambda mod, args, out, r=record: r(out)))
             else:
                 handles.append(module.register_forward_pre_hook(lambda mod, args, r=record: r(args[0])))
+    run_observed(net, handles, batches)
+    return found
+
+
+def run_observed(net, handles: list, batches) -> None:
+    """Run `net` in eval mode over `batches` with the hooks `handles` in place, then remove them (whatever
+    happens) and restore its mode: the calibration pass of every statistic the INT8 recipe gathers."""
     was_training = net.training
     net.eval()
     try:
@@ -65,7 +72,6 @@ def activation_absmax(net: VisionTransformer, batches, which=("qkv", "proj", "fc
         for handle in handles:
             handle.remove()
         net.train(was_training)
-    return found
 
 
 def smoothing_scales(net: VisionTransformer, absmax: dict[str, torch.Tensor], alpha: float,

@@ -132,9 +132,9 @@ class Distiller(Trainer):
         self.hard_weight = cfg.hard_weight if cfg.hard_weight is not None else (0.5 if self.labelled else 0.0)
         self.metric = "top-1" if self.labelled else "teacher agreement"
         self.teacher.net.to(self.device)
-        adapt = None if same_view(self.spec, self.teacher.spec) else SpecAdapter(self.spec, self.teacher.spec)
+        self.adapt = None if same_view(self.spec, self.teacher.spec) else SpecAdapter(self.spec, self.teacher.spec)
         extractor = FeatureExtractor(self.teacher.net, self.device, self.micro * 2, cfg.workers,
-                                     outputs="logits", adapt=adapt)
+                                     outputs="logits", adapt=self.adapt)
         clean = eval_transform(self.spec)
 
         def logits() -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
@@ -224,12 +224,11 @@ class Distiller(Trainer):
         student = self._student_logits(saved.net, self.val_set)
         figures = agreement_figures(student, self.teacher_val, self.val_truth, self.cfg.temperature)
         pixels = torch.stack([self.val_set[i][0] for i in range(min(len(self.val_set), self.micro * 2))])
-        adapt = None if same_view(self.spec, self.teacher.spec) else SpecAdapter(self.spec, self.teacher.spec)
         teacher_top1 = None
         if self.labelled:
             teacher_top1 = (self.teacher_val.argmax(dim=-1) == self.val_truth).double().mean().item()
         student_speed = _images_per_second(saved.net, pixels)
-        teacher_speed = _images_per_second(self.teacher.net, adapt(pixels) if adapt else pixels)
+        teacher_speed = _images_per_second(self.teacher.net, self.adapt(pixels) if self.adapt else pixels)
         return {
             "validation_images": len(self.val_set),
             "student": {**figures, "model": str(self.out), "parameters": _parameters(saved.net),
